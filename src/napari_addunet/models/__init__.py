@@ -1,0 +1,31 @@
+"""Pure-torch model zoo: registry, configs and architectures."""
+
+from .base import DenoiserModel, InputShapeError
+from .config import ConfigError, ModelConfig
+from .outputs import ModelOutput
+from .registry import (
+    UnknownModelError,
+    create_model,
+    create_model_from_config,
+    get_config_class,
+    list_models,
+    make_config,
+    model_summaries,
+    register_model,
+)
+
+__all__ = [
+    "ConfigError",
+    "DenoiserModel",
+    "InputShapeError",
+    "ModelConfig",
+    "ModelOutput",
+    "UnknownModelError",
+    "create_model",
+    "create_model_from_config",
+    "get_config_class",
+    "list_models",
+    "make_config",
+    "model_summaries",
+    "register_model",
+]

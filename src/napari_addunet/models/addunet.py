@@ -1,0 +1,237 @@
+"""AddUNet: a U-Net whose skips are added through learnable non-negative scalar gates.
+
+Decoder input at level ``j`` is ``u_j + alpha_j * s_j`` with ``alpha_j = softplus(beta_j)``:
+no concatenation, and one fixed feature width ``C`` across depth. See ``docs/models.md``
+for the choices made where the papers are silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import DenoiserModel
+from .blocks import ConvAct, conv
+from .config import ConfigError, ModelConfig, setting
+from .outputs import ModelOutput
+from .registry import register_model
+
+
+class GateError(ValueError):
+    """Gate values of the wrong length, negative or not finite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AddUNetConfig(ModelConfig):
+    """Settings of :class:`AddUNet`."""
+
+    width: int = setting(32, ge=1, le=512, doc="feature width C, the same at every level")
+    kernels: tuple[int, ...] = setting(
+        (9, 7, 5, 3, 1),
+        item_ge=1,
+        item_le=15,
+        item_odd=True,
+        min_len=1,
+        max_len=8,
+        doc="kernel size per level, shallow to deep (the depth is its length)",
+    )
+    encoder: Literal["residual", "plain"] = setting(
+        "residual",
+        doc="'residual': x_{i+1} = x_i - r_i, skips carry r_i (Real AddUNet); "
+        "'plain': x_{i+1} = Enc_i(x_i), skips carry x_{i+1} (Pseudo AddUNet)",
+    )
+    convs_per_level: int = setting(1, ge=1, le=4, doc="convolutions per encoder and decoder level")
+    multiscale: bool = setting(
+        False, doc="stride-2 down-sampling after each level and up-sampling back (extension)"
+    )
+    global_residual: bool = setting(True, doc="add the input to the output (learn the residual)")
+    batch_norm: bool = setting(False, doc="batch normalisation after each convolution")
+    gate_init: float = setting(1.0, ge=0.0, le=10.0, doc="initial value of every gate alpha")
+
+    def check(self) -> None:
+        if self.global_residual and self.output_channels != self.in_channels:
+            raise ConfigError(
+                "addunet.global_residual needs out_channels == in_channels "
+                f"(got in_channels={self.in_channels}, out_channels={self.output_channels}); "
+                "set global_residual=False"
+            )
+
+    @property
+    def depth(self) -> int:
+        return len(self.kernels)
+
+
+@dataclasses.dataclass
+class AddUNetFeatures:
+    """Encoder outputs cached for repeated decoding (the gate sliders' preview).
+
+    Attributes
+    ----------
+    skips
+        Skip tensors ``s_0 ... s_{L-1}``, shallow to deep.
+    bottleneck
+        The last encoder state ``x_L``, where the decoder starts and the head reads.
+    input
+        The padded input, needed by the global residual.
+    size
+        Height and width of the unpadded input.
+    """
+
+    skips: tuple[torch.Tensor, ...]
+    bottleneck: torch.Tensor
+    input: torch.Tensor
+    size: tuple[int, int]
+
+
+def _inverse_softplus(alpha: float) -> float:
+    if alpha == 0.0:
+        return -math.inf
+    if alpha > 20.0:
+        return alpha
+    return math.log(math.expm1(alpha))
+
+
+@register_model("addunet", AddUNetConfig, "Additive U-Net: gated additive skips at a fixed width")
+class AddUNet(DenoiserModel):
+    """Additive U-Net (Lakkavalli and Sinha, 2026) with optional classification head.
+
+    Parameters
+    ----------
+    config
+        An :class:`AddUNetConfig`.
+
+    Notes
+    -----
+    ``model(x)`` equals ``model.decode(model.encode(x))``. The gates ``alpha_j`` are ordered
+    shallow (level 0, kernel ``kernels[0]``) to deep; setting one to 0 removes that level's
+    skip from the output exactly.
+    """
+
+    def __init__(self, config: AddUNetConfig) -> None:
+        super().__init__(config)
+        c, bn = config.width, config.batch_norm
+        n = config.convs_per_level
+        self.stem = ConvAct(config.in_channels, c, 3, bn)
+        self.encoders = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for k in config.kernels:
+            if config.encoder == "residual":
+                # r_i may be signed: the last convolution of the branch is linear.
+                layers: list[nn.Module] = [ConvAct(c, c, k, bn) for _ in range(n - 1)]
+                layers.append(conv(c, c, k))
+                self.encoders.append(nn.Sequential(*layers))
+            else:
+                self.encoders.append(nn.Sequential(*[ConvAct(c, c, k, bn) for _ in range(n)]))
+            self.decoders.append(nn.Sequential(*[ConvAct(c, c, k, bn) for _ in range(n)]))
+        depth = config.depth
+        if config.multiscale:
+            self.downs = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(c, c, 2, stride=2), nn.ReLU(inplace=True)) for _ in range(depth - 1)
+            )
+            self.ups = nn.ModuleList(nn.ConvTranspose2d(c, c, 2, stride=2) for _ in range(depth - 1))
+            self.size_multiple = 2 ** (depth - 1)
+        else:
+            self.downs = nn.ModuleList()
+            self.ups = nn.ModuleList()
+        self.out = nn.Conv2d(c, config.output_channels, 1)
+        self.beta = nn.Parameter(torch.full((depth,), _inverse_softplus(config.gate_init)))
+        self._make_head(c)
+
+    # -- gates ----------------------------------------------------------------------------------
+    def gate_tensor(self) -> torch.Tensor:
+        """The gates ``alpha = softplus(beta)`` as a differentiable tensor, shallow to deep."""
+        return F.softplus(self.beta)
+
+    @property
+    def gates(self) -> tuple[float, ...]:
+        """Learned skip gates ``alpha_j >= 0``, one per level, shallow to deep."""
+        return tuple(float(a) for a in self.gate_tensor().detach().cpu())
+
+    def _check_gates(self, values: Sequence[float] | torch.Tensor) -> list[float]:
+        vals = values.detach().cpu().tolist() if isinstance(values, torch.Tensor) else list(values)
+        if len(vals) != self.config.depth:
+            raise GateError(
+                f"AddUNet has {self.config.depth} gates (one per level, shallow to deep), "
+                f"got {len(vals)} values"
+            )
+        out = []
+        for i, v in enumerate(vals):
+            try:
+                f = float(v)
+            except (TypeError, ValueError) as exc:
+                raise GateError(f"gate {i} must be a number, got {v!r}") from exc
+            if not math.isfinite(f):
+                raise GateError(f"gate {i} must be finite, got {f}")
+            if f < 0:
+                raise GateError(f"gate {i} must be non-negative (alpha = softplus(beta) >= 0), got {f}")
+            out.append(f)
+        return out
+
+    def set_gates(self, values: Sequence[float]) -> None:
+        """Set the gates to ``values`` (one non-negative number per level, shallow to deep)."""
+        vals = self._check_gates(values)
+        with torch.no_grad():
+            self.beta.copy_(torch.tensor([_inverse_softplus(v) for v in vals], dtype=self.beta.dtype))
+
+    # -- encoder / decoder -------------------------------------------------------------------------
+    def _encode_padded(self, xp: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.stem(xp)
+        skips = []
+        last = self.config.depth - 1
+        for i, enc in enumerate(self.encoders):
+            if self.config.encoder == "residual":
+                r = enc(x)
+                skips.append(r)
+                x = x - r
+            else:
+                x = enc(x)
+                skips.append(x)
+            if self.config.multiscale and i < last:
+                x = self.downs[i](x)
+        return skips, x
+
+    def _decode_image(
+        self, skips: Sequence[torch.Tensor], bottleneck: torch.Tensor, xp: torch.Tensor, alphas: torch.Tensor
+    ) -> torch.Tensor:
+        u = bottleneck
+        for j in range(self.config.depth - 1, -1, -1):
+            u = self.decoders[j](u + alphas[j] * skips[j])
+            if self.config.multiscale and j > 0:
+                u = self.ups[j - 1](u)
+        y = self.out(u)
+        if self.config.global_residual:
+            y = y + xp
+        return y
+
+    def encode(self, x: torch.Tensor) -> AddUNetFeatures:
+        """Run the encoder once and keep its outputs (they do not depend on the gates)."""
+        self.check_input(x)
+        xp, size = self.pad_input(x)
+        skips, bottleneck = self._encode_padded(xp)
+        return AddUNetFeatures(tuple(skips), bottleneck, xp, size)
+
+    def decode(self, features: AddUNetFeatures, gates: Sequence[float] | None = None) -> ModelOutput:
+        """Run the decoder on cached features, with the model's gates or ``gates`` if given.
+
+        ``gates`` overrides the learned values for this call only; the model is unchanged.
+        """
+        if gates is None:
+            alphas = self.gate_tensor()
+        else:
+            alphas = torch.tensor(self._check_gates(gates), dtype=features.input.dtype, device=features.input.device)
+        image = self._decode_image(features.skips, features.bottleneck, features.input, alphas)
+        logits = self.head(features.bottleneck) if self.head is not None else None
+        return ModelOutput(self.crop_output(image, features.size), logits)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skips, bottleneck = self._encode_padded(x)
+        return self._decode_image(skips, bottleneck, x, self.gate_tensor()), bottleneck
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        return self.decode(self.encode(x))

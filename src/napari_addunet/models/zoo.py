@@ -1,0 +1,3 @@
+"""Importing this module registers every architecture."""
+
+from . import addunet  # noqa: F401
