@@ -1,0 +1,1 @@
+"""Pure torch/numpy engine: devices, checkpoints, receptive field, inference, training."""

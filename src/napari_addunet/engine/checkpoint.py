@@ -1,0 +1,264 @@
+"""One checkpoint format: a single ``.safetensors`` file that rebuilds its model alone.
+
+The file holds the weights as tensors and, in its string metadata, the architecture name,
+the full config, the learned gates, the normalisation, class names, the package version
+and free-form training metadata (all JSON). Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..models import ConfigError, DenoiserModel, UnknownModelError, create_model_from_config, make_config
+
+FORMAT = "napari-addunet/1"
+SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
+DEFAULT_MODEL = "addunet-gray-blind"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read (foreign, corrupted, truncated or inconsistent)."""
+
+
+# -- bundled models ------------------------------------------------------------------------------
+def _weights_dir() -> Path:
+    return Path(str(resources.files("napari_addunet") / "weights"))
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names and files of the models shipped inside the package."""
+    folder = _weights_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.name[: -len(SUFFIX)]: p for p in sorted(folder.glob(f"*{SUFFIX}"))}
+
+
+# -- saving ---------------------------------------------------------------------------------------
+def _json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def save_model(model: DenoiserModel, path: str | os.PathLike, *, overwrite: bool = True, **metadata: Any) -> Path:
+    """Save a model with everything needed to rebuild it into one ``.safetensors`` file.
+
+    Parameters
+    ----------
+    model
+        A model built by :func:`napari_addunet.create_model` (or loaded).
+    path
+        Target file; must end in ``.safetensors``. Written atomically (temporary file, then rename).
+    overwrite
+        If False, refuse to replace an existing file.
+    **metadata
+        Extra information stored with the model and merged into ``model.metadata``
+        (e.g. ``normalization={...}``, ``class_names=[...]``, ``training={...}``).
+        Values must be JSON-serialisable.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, DenoiserModel):
+        raise TypeError(f"save_model expects a napari-addunet model, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise CheckpointError(f"checkpoint files end in {SUFFIX!r}; got {path.name!r}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if not path.parent.is_dir():
+        raise CheckpointError(f"folder {path.parent} does not exist")
+    merged = {**model.metadata, **metadata}
+    header = {
+        "format": FORMAT,
+        "architecture": model.architecture,
+        "config": _json(model.config.to_dict(), "config"),
+        "metadata": _json(merged, "metadata"),
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    if hasattr(model, "gates"):
+        header["gates"] = _json(list(model.gates), "gates")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    model.metadata = merged
+    return path
+
+
+# -- loading --------------------------------------------------------------------------------------
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint's metadata (architecture, config, gates, metadata) without its weights."""
+    path = _check_path(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(
+            f"{path.name} is not a readable safetensors file (truncated or corrupted?): {exc}"
+        ) from exc
+    return _decode_header(path, raw)
+
+
+def _check_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path.name}: pickle-based files ({path.suffix}) are never loaded as models because "
+            "unpickling can run code. Convert a plain state dict with "
+            "napari_addunet.import_torch_weights(path, architecture, **config), which reads it "
+            "with weights_only=True, then save it as .safetensors."
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    return path
+
+
+def _decode_header(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path.name} is a safetensors file but not a napari-addunet checkpoint "
+            f"(metadata 'format' is {raw.get('format')!r}, expected {FORMAT!r})"
+        )
+    out: dict[str, Any] = {"architecture": raw.get("architecture", "")}
+    for key in ("config", "metadata", "gates"):
+        if key in raw:
+            try:
+                out[key] = json.loads(raw[key])
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{path.name}: metadata field {key!r} is not valid JSON") from exc
+    out.setdefault("metadata", {})
+    for key in ("package_version", "torch_version"):
+        out[key] = raw.get(key, "")
+    if "config" not in out:
+        raise CheckpointError(f"{path.name}: the checkpoint holds no model config")
+    return out
+
+
+def load_model(
+    path: str | os.PathLike | None = None, *, device: str | torch.device | None = "cpu"
+) -> DenoiserModel:
+    """Rebuild a model from a checkpoint file or a bundled model's name.
+
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` file written by :func:`save_model`, or the name of a bundled model
+        (see :func:`bundled_models`). ``None`` loads the bundled default denoiser.
+    device
+        Where to put the model (``"cpu"`` by default; ``"auto"`` picks the best device).
+
+    Returns
+    -------
+    DenoiserModel
+        The model in eval mode, with ``metadata`` restored.
+
+    Raises
+    ------
+    CheckpointError
+        For a foreign, truncated or corrupted file, an unknown architecture, an invalid config
+        or weights that do not match the architecture exactly.
+    """
+    from safetensors.torch import load_file
+
+    from .devices import resolve_device
+
+    if path is None:
+        path = DEFAULT_MODEL
+    bundled = bundled_models()
+    if isinstance(path, str) and path in bundled:
+        path = bundled[path]
+    elif isinstance(path, str) and not Path(path).exists() and Path(path).suffix == "":
+        names = ", ".join(bundled) or "none installed"
+        raise CheckpointError(f"no checkpoint file and no bundled model named {path!r} (bundled: {names})")
+    file = _check_path(path)
+    header = read_header(file)
+    try:
+        cfg = make_config(header["architecture"], header["config"])
+    except UnknownModelError as exc:
+        raise CheckpointError(f"{file.name}: {exc}") from exc
+    except ConfigError as exc:
+        raise CheckpointError(f"{file.name}: invalid model config: {exc}") from exc
+    model = create_model_from_config(cfg)
+    try:
+        tensors = load_file(str(file))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{file.name}: cannot read weights (truncated or corrupted?): {exc}") from exc
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in expected if k in tensors and tensors[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        if wrong:
+            parts.append(f"wrong shape {wrong[:5]}")
+        raise CheckpointError(
+            f"{file.name}: weights do not match architecture {cfg.architecture!r}: " + "; ".join(parts)
+        )
+    model.load_state_dict(tensors, strict=True)
+    model.metadata = dict(header["metadata"])
+    model.source_path = str(file)
+    model.eval()
+    return model.to(resolve_device(device))
+
+
+def import_torch_weights(path: str | os.PathLike, architecture: str, **config: Any) -> DenoiserModel:
+    """Build a model from a plain PyTorch state-dict file, read with ``weights_only=True``.
+
+    Use this once to convert third-party ``.pt``/``.pth`` weights, then :func:`save_model`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path.name}: not a plain tensor state dict loadable safely: {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name}: expected a dict of tensors (a state dict)")
+    model = create_model_from_config(make_config(architecture, config))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path.name}: weights do not match {architecture!r}: {exc}") from exc
+    return model.eval()
+
+
+def resolve_model(model: DenoiserModel | str | os.PathLike | None) -> DenoiserModel:
+    """A model object from a model, a checkpoint path, a bundled name or None (the default)."""
+    if isinstance(model, DenoiserModel):
+        return model
+    if isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"{type(model).__name__} is not a napari-addunet model; build one with create_model "
+            "or load a checkpoint"
+        )
+    return load_model(model)

@@ -1,0 +1,148 @@
+"""AddUNet specifics: the gate API, encode/decode, encoder modes, receptive field."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import napari_addunet as na
+from napari_addunet.models import ConfigError
+from napari_addunet.models.addunet import GateError
+
+VARIANTS = [
+    {"encoder": "residual"},
+    {"encoder": "plain"},
+    {"encoder": "residual", "multiscale": True},
+    {"encoder": "plain", "multiscale": True, "global_residual": False},
+]
+
+
+def make(**config):
+    torch.manual_seed(0)
+    config.setdefault("width", 8)
+    return na.create_model("addunet", **config).eval()
+
+
+def test_defaults_follow_the_design():
+    model = na.create_model("addunet")
+    cfg = model.config
+    assert cfg.kernels == (9, 7, 5, 3, 1)
+    assert cfg.encoder == "residual" and not cfg.multiscale and cfg.num_classes == 0
+    assert len(model.gates) == 5
+    assert model.gates == pytest.approx((1.0,) * 5, abs=1e-6)
+    # fixed width: every convolution inside the encoder/decoder maps C -> C
+    for module in list(model.encoders.modules()) + list(model.decoders.modules()):
+        if isinstance(module, torch.nn.Conv2d):
+            assert module.in_channels == module.out_channels == cfg.width
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_equals_decode_of_encode(variant):
+    model = make(**variant, num_classes=3)
+    x = torch.rand(2, 1, 37, 53)
+    with torch.no_grad():
+        out = model(x)
+        features = model.encode(x)
+        again = model.decode(features)
+    assert torch.equal(out.denoised, again.denoised)
+    assert torch.equal(out.logits, again.logits)
+    assert len(features.skips) == 5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("level", range(5))
+def test_zero_gate_removes_that_skip(variant, level):
+    model = make(**variant)
+    x = torch.rand(1, 1, 32, 48)
+    with torch.no_grad():
+        features = model.encode(x)
+        gates = list(model.gates)
+        gates[level] = 0.0
+        base = model.decode(features, gates=gates).denoised
+        skips = list(features.skips)
+        skips[level] = skips[level] + 10 * torch.randn_like(skips[level])
+        features.skips = tuple(skips)
+        perturbed = model.decode(features, gates=gates).denoised
+        with_gate = model.decode(features).denoised
+    assert torch.equal(base, perturbed)
+    assert not torch.allclose(with_gate, base, atol=1e-3)
+
+
+def test_set_gates_and_decode_override():
+    model = make()
+    x = torch.rand(1, 1, 24, 24)
+    model.set_gates([0.0, 0.25, 0.5, 1.5, 3.0])
+    assert model.gates == pytest.approx((0.0, 0.25, 0.5, 1.5, 3.0), abs=1e-6)
+    with torch.no_grad():
+        features = model.encode(x)
+        overridden = model.decode(features, gates=[1, 1, 1, 1, 1]).denoised
+    # override does not change the model
+    assert model.gates == pytest.approx((0.0, 0.25, 0.5, 1.5, 3.0), abs=1e-6)
+    model.set_gates([1, 1, 1, 1, 1])
+    with torch.no_grad():
+        assert torch.allclose(model(x).denoised, overridden, atol=1e-6)
+    # the gates are softplus of a parameter and stay differentiable
+    assert model.beta.requires_grad
+    assert torch.allclose(model.gate_tensor(), torch.nn.functional.softplus(model.beta))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([1, 1, 1], "has 5 gates"),
+        ([1, 1, 1, 1, -0.1], "gate 4 must be non-negative"),
+        ([1, 1, math.nan, 1, 1], "gate 2 must be finite"),
+        ([1, 1, "x", 1, 1], "gate 2 must be a number"),
+    ],
+)
+def test_bad_gates_are_refused_and_change_nothing(values, message):
+    model = make()
+    before = model.gates
+    with pytest.raises(GateError, match=message):
+        model.set_gates(values)
+    assert model.gates == before
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_encoder_modes_compute_what_they_say(variant):
+    model = make(**variant)
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        state = model.stem(x)
+        features = model.encode(x)
+        for i, enc in enumerate(model.encoders):
+            if variant["encoder"] == "residual":
+                r = enc(state)
+                assert torch.allclose(features.skips[i], r)
+                state = state - r
+            else:
+                state = enc(state)
+                assert torch.allclose(features.skips[i], state)
+            if variant.get("multiscale") and i < 4:
+                state = model.downs[i](state)
+        assert torch.allclose(features.bottleneck, state)
+
+
+def test_receptive_field_values():
+    assert na.receptive_field(torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 3, padding=1) for _ in range(3)])) == 7
+    # stem 3x3, then encoder and decoder kernels 9-7-5-3-1: 1 + 2 + 2 * (8 + 6 + 4 + 2 + 0)
+    assert na.receptive_field(na.create_model("addunet")) == 43
+    assert na.receptive_field(na.create_model("addunet", kernels=(3, 3))) == 1 + 2 + 2 * 4
+    # multi-scale grows with the stride products
+    assert na.receptive_field(na.create_model("addunet", multiscale=True)) > 100
+    # DnCNN: 17 3x3 convolutions
+    assert na.receptive_field(na.create_model("dncnn")) == 35
+
+
+def test_config_errors_are_specific():
+    with pytest.raises(ConfigError, match="kernels items must be odd"):
+        na.create_model("addunet", kernels=(9, 4))
+    with pytest.raises(ConfigError, match="encoder must be one of 'residual', 'plain'"):
+        na.create_model("addunet", encoder="concat")
+    with pytest.raises(ConfigError, match="width must be <= 512"):
+        na.create_model("addunet", width=1000)
+    with pytest.raises(ConfigError, match="global_residual needs out_channels == in_channels"):
+        na.create_model("addunet", in_channels=3, out_channels=1)
+    assert na.create_model("addunet", in_channels=3, out_channels=1, global_residual=False).out_channels == 1

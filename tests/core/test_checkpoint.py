@@ -1,0 +1,144 @@
+"""Checkpoint format: one safetensors file, atomic writes, clear errors, nothing unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import napari_addunet as na
+from napari_addunet.engine.checkpoint import CheckpointError
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = na.create_model("addunet", width=8, kernels=(5, 3, 1), num_classes=2)
+    m.set_gates([0.3, 0.0, 1.7])
+    return m.eval()
+
+
+def test_header_holds_everything_to_rebuild(model, tmp_path):
+    path = na.save_model(
+        model, tmp_path / "m.safetensors", normalization={"method": "range", "low": 0, "high": 255},
+        class_names=["a", "b"], training={"data": "synthetic"},
+    )
+    header = na.read_header(path)
+    assert header["architecture"] == "addunet"
+    assert header["config"]["kernels"] == [5, 3, 1]
+    assert header["gates"] == pytest.approx([0.3, 0.0, 1.7], abs=1e-6)
+    assert header["metadata"]["normalization"]["high"] == 255
+    assert header["package_version"] == na.__version__
+    loaded = na.load_model(path)
+    assert loaded.gates == pytest.approx(model.gates)
+
+
+def test_write_is_atomic_and_keeps_old_file_on_failure(model, tmp_path, monkeypatch):
+    path = na.save_model(model, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    import safetensors.torch
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        na.save_model(model, path, training={"new": True})
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+def test_refuse_to_overwrite_when_asked(model, tmp_path):
+    path = na.save_model(model, tmp_path / "m.safetensors")
+    with pytest.raises(FileExistsError):
+        na.save_model(model, path, overwrite=False)
+
+
+def test_wrong_suffix(model, tmp_path):
+    with pytest.raises(CheckpointError, match="end in '.safetensors'"):
+        na.save_model(model, tmp_path / "m.pt")
+
+
+def test_pickle_files_are_refused_without_unpickling(tmp_path):
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(b"not even opened")
+    with pytest.raises(CheckpointError, match="never loaded as models"):
+        na.load_model(evil)
+
+
+def test_import_torch_weights_reads_state_dict_safely(model, tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(model.state_dict(), path)
+    imported = na.import_torch_weights(path, "addunet", width=8, kernels=(5, 3, 1), num_classes=2)
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(imported(x).denoised, model(x).denoised)
+
+
+def test_truncated_file(model, tmp_path):
+    path = na.save_model(model, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        na.load_model(cut)
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "g.safetensors"
+    path.write_bytes(os.urandom(1000))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        na.load_model(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path), metadata={"producer": "someone else"})
+    with pytest.raises(CheckpointError, match="not a napari-addunet checkpoint"):
+        na.load_model(path)
+
+
+def _rewrite(path, out, **changes):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta.update(changes.pop("meta", {}))
+    for k in changes.pop("drop", []):
+        tensors.pop(k)
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+def test_unknown_architecture(model, tmp_path):
+    path = na.save_model(model, tmp_path / "m.safetensors")
+    bad = _rewrite(path, tmp_path / "b.safetensors", meta={"architecture": "transformer9000"})
+    with pytest.raises(CheckpointError, match="unknown architecture 'transformer9000'"):
+        na.load_model(bad)
+
+
+def test_invalid_config(model, tmp_path):
+    path = na.save_model(model, tmp_path / "m.safetensors")
+    cfg = json.loads(na.read_header(path)["config"] and json.dumps(na.read_header(path)["config"]))
+    cfg["width"] = -3
+    bad = _rewrite(path, tmp_path / "b.safetensors", meta={"config": json.dumps(cfg)})
+    with pytest.raises(CheckpointError, match="invalid model config"):
+        na.load_model(bad)
+
+
+def test_missing_weights_are_refused_strictly(model, tmp_path):
+    path = na.save_model(model, tmp_path / "m.safetensors")
+    bad = _rewrite(path, tmp_path / "b.safetensors", drop=["out.weight"])
+    with pytest.raises(CheckpointError, match="missing \\['out.weight'\\]"):
+        na.load_model(bad)
+
+
+def test_missing_file_and_unknown_name(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        na.load_model(tmp_path / "nope.safetensors")
+    with pytest.raises(CheckpointError, match="no bundled model named 'nope'"):
+        na.load_model("nope")

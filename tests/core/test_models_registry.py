@@ -1,0 +1,125 @@
+"""Checks that every registered architecture must pass (the tests loop over the registry)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import napari_addunet as na
+from napari_addunet.models import ConfigError, InputShapeError, ModelOutput, UnknownModelError
+
+ARCHS = na.list_models()
+
+
+def small(name: str, **config) -> torch.nn.Module:
+    """A quick-to-run instance of an architecture (its defaults, smaller where a width exists)."""
+    cls = na.get_config_class(name)
+    fields = cls.field_names()
+    for key, value in (("width", 8), ("base_width", 8), ("n_filters", 8)):
+        if key in fields and key not in config:
+            config[key] = value
+    if name == "dncnn":
+        config.setdefault("depth", 5)
+    torch.manual_seed(0)
+    return na.create_model(name, **config)
+
+
+def test_registry_has_all_architectures():
+    expected = {"addunet", "unet", "resunet", "attention_unet", "unetpp", "rescnn", "dncnn", "autoencoder"}
+    assert expected <= set(ARCHS)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_output_shape_equals_input_at_odd_size(name, channels):
+    model = small(name, in_channels=channels)
+    x = torch.rand(2, channels, 37, 53)
+    out = model(x)
+    assert isinstance(out, ModelOutput)
+    assert out.denoised.shape == x.shape
+    assert out.logits is None
+    assert torch.isfinite(out.denoised).all()
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_every_parameter_gets_a_gradient(name):
+    model = small(name, num_classes=4)
+    model.train()
+    x = torch.rand(2, 1, 32, 40)
+    out = model(x)
+    loss = (out.denoised - x).pow(2).mean() + torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 3]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}.{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name}.{pname} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_classification_head_shape(name):
+    model = small(name, num_classes=7, head_hidden=16).eval()
+    out = model(torch.rand(3, 1, 29, 31))
+    assert out.logits.shape == (3, 7)
+    assert model.class_names == [f"class_{i}" for i in range(7)]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_save_load_round_trip_identical(name, tmp_path):
+    model = small(name, num_classes=2).eval()
+    # perturb batch-norm statistics so buffers are checked too
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = na.save_model(model, tmp_path / f"{name}.safetensors", class_names=["cat", "dog"], training={"steps": 3})
+    loaded = na.load_model(path)
+    assert type(loaded) is type(model)
+    assert loaded.config == model.config
+    assert loaded.class_names == ["cat", "dog"]
+    assert loaded.metadata["training"] == {"steps": 3}
+    x = torch.rand(2, 1, 37, 53)
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    assert torch.equal(a.denoised, b.denoised)
+    assert torch.equal(a.logits, b.logits)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_wrong_channel_count_is_refused(name):
+    model = small(name)
+    with pytest.raises(InputShapeError, match="1 input channel"):
+        model(torch.rand(1, 3, 16, 16))
+    with pytest.raises(InputShapeError, match="4-D"):
+        model(torch.rand(16, 16))
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_receptive_field_is_positive_and_bounds_the_real_dependence(name):
+    model = small(name).eval().double()
+    rf = na.receptive_field(model)
+    assert rf >= 3
+    # The output centre pixel must not depend on input pixels farther than rf // 2 away.
+    size = rf + 24
+    size += (-size) % model.size_multiple
+    x = torch.rand(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+    c = size // 2
+    model(x).denoised[0, 0, c, c].backward()
+    ys, xs = torch.nonzero(x.grad[0, 0]).unbind(1)
+    reach = int(max((ys - c).abs().max(), (xs - c).abs().max()))
+    assert 2 * reach + 1 <= rf, f"{name}: measured dependence {2 * reach + 1} > receptive field {rf}"
+
+
+def test_unknown_architecture_suggests_names():
+    with pytest.raises(UnknownModelError, match="Did you mean 'addunet'"):
+        na.create_model("addunett")
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_unknown_and_out_of_range_settings(name):
+    with pytest.raises(ConfigError, match="unknown setting 'no_such_field'"):
+        na.create_model(name, no_such_field=1)
+    with pytest.raises(ConfigError, match="in_channels must be >= 1"):
+        na.create_model(name, in_channels=0)
+    with pytest.raises(ConfigError, match="num_classes must be an integer"):
+        na.create_model(name, num_classes="three")
