@@ -91,7 +91,9 @@ def save_model(model: DenoiserModel, path: str | os.PathLike, *, overwrite: bool
         "package_version": __version__,
         "torch_version": torch.__version__,
     }
-    if hasattr(model, "gates"):
+    from ..models.addunet import AddUNet
+
+    if isinstance(model, AddUNet):
         header["gates"] = _json(list(model.gates), "gates")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
