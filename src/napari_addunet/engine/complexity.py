@@ -1,0 +1,46 @@
+"""Cost of a model: multiply-accumulates per pixel, counted on its real layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def macs_per_pixel(model: nn.Module, size: int = 128) -> float:
+    """Multiply-accumulates per input pixel of one forward pass (convolutions and linear layers).
+
+    Parameters
+    ----------
+    model
+        A model taking ``(1, in_channels, size, size)``.
+    size
+        Side of the square test input (rounded up to the model's ``size_multiple``).
+    """
+    multiple = getattr(model, "size_multiple", 1)
+    size += (-size) % multiple
+    total = 0
+
+    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * (module.in_channels // module.groups) * k
+        elif isinstance(module, nn.ConvTranspose2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            inp = _inputs[0]
+            total += inp.numel() * (module.out_channels // module.groups) * k
+        elif isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        in_ch = model.in_channels if hasattr(model, "in_channels") else 1
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_ch, size, size))
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return total / (size * size)
