@@ -66,7 +66,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "models.md")
     args = ap.parse_args()
     lines = [INTRO, "## Architectures at their default settings (1 channel in and out, no head)", ""]
-    lines += ["| name | parameters | receptive field (px) | MACs / pixel | what |", "|---|---:|---:|---:|---|"]
+    lines += [
+        "| name | parameters | receptive field (px) | MACs / pixel | what |",
+        "|---|---:|---:|---:|---|",
+    ]
     for name in na.list_models():
         lines.append(row(name, na.create_model(name)))
     lines += [
@@ -84,9 +87,16 @@ def main() -> int:
         for depth in (3, 5):
             pairs = [
                 ("unet", {"base_width": width, "depth": depth - 1}, f"base_width={width}, {depth} levels"),
-                ("addunet", {"width": width, "kernels": (3,) * depth, "multiscale": True},
-                 f"width={width}, kernels 3x{depth}, multi-scale"),
-                ("addunet", {"width": width, "kernels": (3,) * depth}, f"width={width}, kernels 3x{depth}, constant resolution"),
+                (
+                    "addunet",
+                    {"width": width, "kernels": (3,) * depth, "multiscale": True},
+                    f"width={width}, kernels 3x{depth}, multi-scale",
+                ),
+                (
+                    "addunet",
+                    {"width": width, "kernels": (3,) * depth},
+                    f"width={width}, kernels 3x{depth}, constant resolution",
+                ),
             ]
             for name, cfg, label in pairs:
                 m = na.create_model(name, **cfg)

@@ -126,7 +126,9 @@ def test_encoder_modes_compute_what_they_say(variant):
 
 
 def test_receptive_field_values():
-    assert na.receptive_field(torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 3, padding=1) for _ in range(3)])) == 7
+    assert (
+        na.receptive_field(torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 3, padding=1) for _ in range(3)])) == 7
+    )
     # stem 3x3, then encoder and decoder kernels 9-7-5-3-1: 1 + 2 + 2 * (8 + 6 + 4 + 2 + 0)
     assert na.receptive_field(na.create_model("addunet")) == 43
     assert na.receptive_field(na.create_model("addunet", kernels=(3, 3))) == 1 + 2 + 2 * 4

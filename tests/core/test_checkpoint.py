@@ -23,8 +23,11 @@ def model():
 
 def test_header_holds_everything_to_rebuild(model, tmp_path):
     path = na.save_model(
-        model, tmp_path / "m.safetensors", normalization={"method": "range", "low": 0, "high": 255},
-        class_names=["a", "b"], training={"data": "synthetic"},
+        model,
+        tmp_path / "m.safetensors",
+        normalization={"method": "range", "low": 0, "high": 255},
+        class_names=["a", "b"],
+        training={"data": "synthetic"},
     )
     header = na.read_header(path)
     assert header["architecture"] == "addunet"

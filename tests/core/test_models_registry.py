@@ -47,7 +47,9 @@ def test_every_parameter_gets_a_gradient(name):
     model.train()
     x = torch.rand(2, 1, 32, 40)
     out = model(x)
-    loss = (out.denoised - x).pow(2).mean() + torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 3]))
+    loss = (out.denoised - x).pow(2).mean() + torch.nn.functional.cross_entropy(
+        out.logits, torch.tensor([0, 3])
+    )
     loss.backward()
     assert torch.isfinite(loss)
     for pname, p in model.named_parameters():
@@ -72,7 +74,9 @@ def test_save_load_round_trip_identical(name, tmp_path):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    path = na.save_model(model, tmp_path / f"{name}.safetensors", class_names=["cat", "dog"], training={"steps": 3})
+    path = na.save_model(
+        model, tmp_path / f"{name}.safetensors", class_names=["cat", "dog"], training={"steps": 3}
+    )
     loaded = na.load_model(path)
     assert type(loaded) is type(model)
     assert loaded.config == model.config

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._version import __version__
-from ..models import ConfigError, DenoiserModel, UnknownModelError, create_model_from_config, make_config
+from napari_addunet._version import __version__
+from napari_addunet.models import (
+    ConfigError,
+    DenoiserModel,
+    UnknownModelError,
+    create_model_from_config,
+    make_config,
+)
+
+from .atomic import atomic_write
 
 FORMAT = "napari-addunet/1"
 SUFFIX = ".safetensors"
@@ -50,7 +57,9 @@ def _json(value: Any, what: str) -> str:
         raise CheckpointError(f"{what} must be JSON-serialisable: {exc}") from exc
 
 
-def save_model(model: DenoiserModel, path: str | os.PathLike, *, overwrite: bool = True, **metadata: Any) -> Path:
+def save_model(
+    model: DenoiserModel, path: str | os.PathLike, *, overwrite: bool = True, **metadata: Any
+) -> Path:
     """Save a model with everything needed to rebuild it into one ``.safetensors`` file.
 
     Parameters
@@ -91,19 +100,13 @@ def save_model(model: DenoiserModel, path: str | os.PathLike, *, overwrite: bool
         "package_version": __version__,
         "torch_version": torch.__version__,
     }
-    from ..models.addunet import AddUNet
+    from napari_addunet.models.addunet import AddUNet
 
     if isinstance(model, AddUNet):
         header["gates"] = _json(list(model.gates), "gates")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     model.metadata = merged
     return path
 

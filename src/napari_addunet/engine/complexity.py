@@ -32,7 +32,11 @@ def macs_per_pixel(model: nn.Module, size: int = 128) -> float:
         elif isinstance(module, nn.Linear):
             total += output.numel() * module.in_features
 
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+    ]
     try:
         in_ch = model.in_channels if hasattr(model, "in_channels") else 1
         was_training = model.training

@@ -46,7 +46,9 @@ def available_devices() -> list[DeviceInfo]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            devices.append(DeviceInfo(f"cuda:{i}", f"cuda:{i} {props.name} ({props.total_memory / 1e9:.1f} GB)"))
+            devices.append(
+                DeviceInfo(f"cuda:{i}", f"cuda:{i} {props.name} ({props.total_memory / 1e9:.1f} GB)")
+            )
     if _mps_available():
         devices.append(DeviceInfo("mps", "mps (Apple GPU)"))
     devices.append(DeviceInfo("cpu", f"cpu ({torch.get_num_threads()} threads)"))
@@ -87,7 +89,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "mps":
         if not _mps_available():
-            raise DeviceError(f"device 'mps' was requested but Apple MPS is not available here; present: {present}")
+            raise DeviceError(
+                f"device 'mps' was requested but Apple MPS is not available here; present: {present}"
+            )
         return torch.device("mps")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
@@ -106,4 +110,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if not 0 <= index < count:
             raise DeviceError(f"device {spec!r} does not exist: {count} CUDA device(s) present ({present})")
         return torch.device("cuda", index)
-    raise DeviceError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (present: {present})")
+    raise DeviceError(
+        f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (present: {present})"
+    )

@@ -116,7 +116,9 @@ def receptive_field(model: nn.Module) -> int:
                 r = r + (taps - 1) * j
                 j = j / s
             elif isinstance(mod, _UPS):
-                s = float(mod.scale_factor if not isinstance(mod.scale_factor, tuple) else max(mod.scale_factor))
+                s = float(
+                    mod.scale_factor if not isinstance(mod.scale_factor, tuple) else max(mod.scale_factor)
+                )
                 if mod.mode != "nearest":
                     r = r + j
                 j = j / s

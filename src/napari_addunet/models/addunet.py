@@ -224,7 +224,9 @@ class AddUNet(DenoiserModel):
         if gates is None:
             alphas = self.gate_tensor()
         else:
-            alphas = torch.tensor(self._check_gates(gates), dtype=features.input.dtype, device=features.input.device)
+            alphas = torch.tensor(
+                self._check_gates(gates), dtype=features.input.dtype, device=features.input.device
+            )
         image = self._decode_image(features.skips, features.bottleneck, features.input, alphas)
         logits = self.head(features.bottleneck) if self.head is not None else None
         return ModelOutput(self.crop_output(image, features.size), logits)

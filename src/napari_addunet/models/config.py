@@ -74,9 +74,7 @@ class ModelConfig:
     architecture: ClassVar[str] = ""
 
     in_channels: int = setting(1, ge=1, le=64, doc="number of input image channels")
-    out_channels: int = setting(
-        0, ge=0, le=64, doc="number of output channels (0: same as in_channels)"
-    )
+    out_channels: int = setting(0, ge=0, le=64, doc="number of output channels (0: same as in_channels)")
     num_classes: int = setting(
         0, ge=0, le=10000, doc="classes of the optional classification head (0: no head)"
     )
