@@ -36,9 +36,27 @@ _LAZY = {
     "import_torch_weights": ".engine.checkpoint",
     "CheckpointError": ".engine.checkpoint",
     "receptive_field": ".engine.receptive_field",
+    "denoise": ".engine.inference",
+    "predict": ".engine.inference",
+    "iter_denoise": ".engine.inference",
+    "PredictResult": ".engine.inference",
+    "Progress": ".engine.inference",
+    "InferenceCancelled": ".engine.inference",
+    "macs_per_pixel": ".engine.complexity",
+    "train": ".engine.training",
+    "train_events": ".engine.training",
+    "TrainingResult": ".engine.training",
+    "TrainingConfig": ".engine.training_config",
+    "clean_data": ".engine.datasets",
+    "noisy_data": ".engine.datasets",
+    "paired_data": ".engine.datasets",
+    "class_folder_data": ".engine.datasets",
+    "DataError": ".engine.datasets",
+    "evaluate": ".engine.evaluation",
     "resolve_device": ".engine.devices",
     "available_devices": ".engine.devices",
     "DeviceError": ".engine.devices",
+    "session": ".session",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]
@@ -66,8 +84,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         read_header,
         save_model,
     )
+    from .engine.complexity import macs_per_pixel
+    from .engine.datasets import DataError, class_folder_data, clean_data, noisy_data, paired_data
     from .engine.devices import DeviceError, available_devices, resolve_device
+    from .engine.evaluation import evaluate
+    from .engine.inference import InferenceCancelled, PredictResult, Progress, denoise, iter_denoise, predict
     from .engine.receptive_field import receptive_field
+    from .engine.training import TrainingResult, train, train_events
+    from .engine.training_config import TrainingConfig
     from .models.addunet import GateError
     from .models.base import InputShapeError
     from .models.config import ConfigError

@@ -143,7 +143,7 @@ class ModelConfig:
         rows = []
         for f in dataclasses.fields(cls):
             row = {"name": f.name, "type": _type_name(hints[f.name]), "default": f.default}
-            row.update({k: v for k, v in f.metadata.items() if v not in (None, False, "")})
+            row.update({k: v for k, v in f.metadata.items() if v is not None and v is not False and v != ""})
             row.setdefault("doc", "")
             rows.append(row)
         return rows

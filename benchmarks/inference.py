@@ -1,0 +1,328 @@
+"""Inference speed and memory; writes docs/benchmarks/inference.md.
+
+Run by hand (not in CI):
+
+    python benchmarks/inference.py            # full: 200 x 1024 x 1024 memory run (~20 min on 2 cores)
+    python benchmarks/inference.py --quick    # same, with a 20 x 1024 x 1024 stack
+
+Measures, for the bundled default model on the CPU (and on CUDA when present):
+
+1. throughput in megapixels per second on a 512 x 512 image and a 64 x 512 x 512 stack;
+2. the tiled / untiled time ratio on a 1024 x 1024 image (default tile vs ``tile=0``);
+3. peak resident memory (``ru_maxrss`` of a fresh process) while denoising a uint16 stack
+   read lazily from disk, three ways: TIFF memory map -> dask -> zarr; zarr -> dask -> zarr;
+   TIFF memory map -> eager loop writing into a zarr array (``out=``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_OVERHEAD = 1.15
+TARGET_PEAK_GB = 1.5
+
+
+def _model():
+    import napari_addunet as na
+
+    try:
+        return na.load_model(), "bundled default (`napari_addunet.load_model()`)"
+    except Exception as exc:  # noqa: BLE001 - no bundled weights yet
+        from napari_addunet.models import create_model
+
+        return create_model("addunet"), f"`create_model('addunet')` (no bundled model: {exc})"
+
+
+def _noisy(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
+    base = 0.5 + 0.3 * np.sin(xx / 23.0) * np.cos(yy / 31.0)
+    return np.clip(base + rng.normal(0, 0.1, shape), 0, 1).astype(np.float32)
+
+
+def _timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# -- child process: one memory measurement ------------------------------------------------------
+def child(variant: str, source: str, out: str, device: str) -> None:
+    import dask.array as da
+    import zarr
+
+    from napari_addunet.engine.inference import denoise
+
+    model, _ = _model()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if variant == "tiff-dask-zarr":
+        import tifffile
+
+        data = da.from_array(tifffile.memmap(source), chunks=(1, -1, -1))
+        denoise(model, data, device=device).to_zarr(out)
+    elif variant == "zarr-dask-zarr":
+        denoise(model, da.from_zarr(source), device=device).to_zarr(out)
+    elif variant == "tiff-eager-zarr":
+        import tifffile
+
+        data = tifffile.memmap(source)
+        target = zarr.create_array(store=out, shape=data.shape, chunks=(1, *data.shape[1:]), dtype="float32")
+        denoise(model, data, device=device, out=target)
+    else:
+        raise SystemExit(f"unknown variant {variant}")
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_kb": peak, "base_kb": base, "seconds": seconds}))
+
+
+def _write_stack_tif(folder: Path, planes: int, size: int) -> tuple[Path, Path]:
+    """Write the stack as one contiguous TIFF (memory-mappable) and as zarr, plane by plane."""
+    import tifffile
+    import zarr
+
+    rng = np.random.default_rng(1)
+    tif, zpath = folder / "stack.tif", folder / "stack.zarr"
+    shape = (planes, size, size)
+    z = zarr.create_array(store=str(zpath), shape=shape, chunks=(1, size, size), dtype="uint16")
+    yy, xx = np.mgrid[:size, :size]
+    base = 2000 + 1500 * np.sin(xx / 40.0) * np.cos(yy / 55.0)
+    mm = tifffile.memmap(tif, shape=shape, dtype="uint16")
+    for i in range(planes):
+        p = np.clip(base + rng.normal(0, 300, (size, size)), 0, 65535).astype(np.uint16)
+        mm[i] = p
+        z[i] = p
+    mm.flush()
+    del mm
+    return tif, zpath
+
+
+def memory_runs(planes: int, size: int, device: str) -> list[dict]:
+    results = []
+    folder = Path(tempfile.mkdtemp(prefix="addunet-bench-"))
+    try:
+        tif, zpath = _write_stack_tif(folder, planes, size)
+        for variant, source in (
+            ("tiff-dask-zarr", tif),
+            ("zarr-dask-zarr", zpath),
+            ("tiff-eager-zarr", tif),
+        ):
+            out = folder / f"out-{variant}.zarr"
+            cmd = [sys.executable, __file__, "--child", variant, str(source), str(out), "--device", device]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{variant} failed:\n{proc.stderr[-3000:]}")
+            info = json.loads(proc.stdout.strip().splitlines()[-1])
+            info["variant"] = variant
+            info["mp_per_s"] = planes * size * size / 1e6 / info["seconds"]
+            results.append(info)
+            shutil.rmtree(out, ignore_errors=True)
+            print(
+                f"  {variant}: peak {info['peak_kb'] / 2**20:.2f} GB "
+                f"({info['seconds']:.0f} s, {info['mp_per_s']:.3f} MP/s)",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+# -- speed --------------------------------------------------------------------------------------
+def speed_runs(model, device: str) -> dict:
+    from napari_addunet.engine.inference import denoise, predict
+
+    out: dict = {}
+    img = _noisy((512, 512))
+    denoise(model, img, device=device)  # warm-up (also computes the receptive field once)
+    t = _timed(lambda: denoise(model, img, device=device), repeat=3)
+    out["image_512"] = {"seconds": t, "mp_per_s": 512 * 512 / 1e6 / t}
+    print(f"  512x512: {t:.2f} s, {out['image_512']['mp_per_s']:.3f} MP/s", flush=True)
+    stack = _noisy((64, 512, 512), seed=2)
+    t = _timed(lambda: denoise(model, stack, device=device, axes="ZYX"))
+    out["stack_64x512"] = {"seconds": t, "mp_per_s": stack.size / 1e6 / t}
+    print(f"  64x512x512: {t:.1f} s, {out['stack_64x512']['mp_per_s']:.3f} MP/s", flush=True)
+    big = _noisy((1024, 1024), seed=3)
+    details = predict(model, big, device=device).details
+    untiled = _timed(lambda: denoise(model, big, device=device, tile=0), repeat=2)
+    tiled = _timed(lambda: denoise(model, big, device=device), repeat=2)
+    out["tiling_1024"] = {
+        "tile": details["tile"],
+        "overlap": details["overlap"],
+        "tiles": details["tiles_per_plane"],
+        "untiled_s": untiled,
+        "tiled_s": tiled,
+        "ratio": tiled / untiled,
+        "max_abs_diff": float(
+            np.abs(denoise(model, big, device=device) - denoise(model, big, device=device, tile=0)).max()
+        ),
+    }
+    print(f"  1024x1024 tiled/untiled: {out['tiling_1024']['ratio']:.3f}", flush=True)
+    return out
+
+
+def machine() -> dict:
+    import dask
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ram = None
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_gb": ram,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "dask": dask.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def write_md(path: Path, args, model_note: str, mach: dict, speeds: dict, memory: list, planes: int) -> None:
+    size = args.size
+    lines = [
+        "# Inference benchmark",
+        "",
+        "Generated by `benchmarks/inference.py`; numbers are measured, not typed in.",
+        "",
+        f"Command: `python benchmarks/inference.py{' --quick' if args.quick else ''}`"
+        + (f" (device `{args.device}`)" if args.device != "cpu" else ""),
+        "",
+        f"- **Run:** {'quick (`--quick`)' if args.quick else 'full'}: memory stack "
+        f"{planes} x {size} x {size} uint16"
+        + (
+            " (the full run uses 200 planes; the per-plane work and memory are the same, and "
+            "see the note below on memory-mapped input)"
+            if args.quick
+            else ""
+        ),
+        f"- **Model:** {model_note}",
+        f"- **Machine:** {mach['cpu']}, {mach['cores']} cores, torch threads {mach['torch_threads']}, "
+        + (f"{mach['ram_gb']:.0f} GB RAM, " if mach.get("ram_gb") else "")
+        + f"{mach['os']}; Python {mach['python']}, torch {mach['torch']}, numpy {mach['numpy']}, "
+        f"dask {mach['dask']}; GPU: {mach['cuda'] or 'none'}",
+    ]
+    if "load_average" in mach:
+        la = ", ".join(f"{v:.1f}" for v in mach["load_average"])
+        lines.append(f"- **Load average at the end** (1, 5, 15 min): {la}")
+    lines += ["", "## Throughput (CPU)", "", "| input | seconds | megapixels / s |", "|---|---:|---:|"]
+    for key, label in (("image_512", "512 x 512 image"), ("stack_64x512", "64 x 512 x 512 stack")):
+        s = speeds[key]
+        lines.append(f"| {label} | {s['seconds']:.2f} | {s['mp_per_s']:.3f} |")
+    t = speeds["tiling_1024"]
+    ok = "meets" if t["ratio"] <= TARGET_OVERHEAD else "misses"
+    lines += [
+        "",
+        "## Tiling overhead",
+        "",
+        f"1024 x 1024 image, default tile {t['tile']} px (overlap {t['overlap']} px, {t['tiles']} tiles) "
+        f"vs one untiled pass (`tile=0`): **{t['tiled_s']:.2f} s / {t['untiled_s']:.2f} s = "
+        f"{t['ratio']:.3f}** ({ok} the target of at most {TARGET_OVERHEAD:.2f}). Max abs difference "
+        f"between the two results: {t['max_abs_diff']:.2e} (on [0, 1] data).",
+        "",
+        f"## Peak resident memory, {planes} x {size} x {size} uint16 stack read lazily from disk",
+        "",
+        "Each row is a fresh process (`ru_maxrss`); 'after start-up' is the peak after importing "
+        "torch and loading the model, before any data is read.",
+        "",
+        "| path | peak RSS (GB) | after start-up (GB) | seconds | megapixels / s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    labels = {
+        "tiff-dask-zarr": "TIFF memory map -> `da.from_array` -> lazy result -> `to_zarr`",
+        "zarr-dask-zarr": "zarr -> `da.from_zarr` -> lazy result -> `to_zarr`",
+        "tiff-eager-zarr": "TIFF memory map -> eager loop, `out=` zarr array",
+    }
+    for m in memory:
+        lines.append(
+            f"| {labels[m['variant']]} | {m['peak_kb'] / 2**20:.2f} | {m['base_kb'] / 2**20:.2f} | "
+            f"{m['seconds']:.0f} | {m['mp_per_s']:.3f} |"
+        )
+    worst = max(m["peak_kb"] for m in memory) / 2**20
+    lines += [
+        "",
+        f"Target: at most {TARGET_PEAK_GB} GB; worst path here: {worst:.2f} GB.",
+        "",
+        "Notes:",
+        "",
+        "- Planes are read, normalised, denoised tile by tile and written one at a time; tile "
+        "activations dominate (about 1.3 kB per tile pixel for the default AddUNet, so about "
+        "0.65 GB for the default 704 px CPU tile).",
+        "- Pages of a memory-mapped input file count in the resident set once touched (the OS can "
+        "drop them under pressure). Read through a memory map, each plane of the 200-plane stack "
+        "adds 2 MB, at most the 400 MB of the stack; the zarr path reads by file I/O and stays flat.",
+        "- A plain numpy result would hold the whole float32 output in memory (4 bytes per voxel); "
+        "the paths above write it to zarr block by block instead.",
+    ]
+    if args.quick:
+        lines.append(
+            f"- This was the quick run: the full 200-plane stack adds at most "
+            f"{(200 - planes) * size * size * 2 / 2**30:.2f} GB of mapped input pages to the "
+            "memory-mapped rows (an upper bound; the zarr row does not grow)."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="20-plane memory stack instead of 200")
+    parser.add_argument("--device", default="cpu", help="device for all runs (default cpu)")
+    parser.add_argument("--size", type=int, default=1024, help="plane side of the memory stack")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks" / "inference.md"))
+    parser.add_argument("--skip-speed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "SOURCE", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child, device=args.device)
+        return
+    planes = 20 if args.quick else 200
+    model, note = _model()
+    print(f"model: {note}", flush=True)
+    speeds = {} if args.skip_speed else speed_runs(model, args.device)
+    print(f"memory: {planes} x {args.size} x {args.size} uint16", flush=True)
+    memory = memory_runs(planes, args.size, args.device)
+    if not args.skip_speed:
+        write_md(Path(args.output), args, note, machine(), speeds, memory, planes)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Training throughput on the CPU; writes docs/benchmarks/training.md.
+
+Run by hand (not in CI), from the repository root:
+
+    python benchmarks/training.py                 # 12 timed steps per model (~5 min on 2 cores)
+    python benchmarks/training.py --steps 4       # quicker, noisier
+
+Measures, in one process and one run, the training throughput (patches per second) of
+AddUNet, U-Net and DnCNN at their default sizes through the real training loop
+(``napari_addunet.engine.training.train_events``): random 64 x 64 patches of scikit-image's
+sample images, blind Gaussian noise, AdamW, gradient clipping, batch 16. Each model first
+runs ``--warmup`` steps that are not timed; validation is off so only training steps count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("addunet", "unet", "dncnn")
+
+
+def _images() -> list[np.ndarray]:
+    from skimage import data
+
+    grey = [data.camera(), data.moon(), data.coins(), data.page(), data.text()]
+    return [np.asarray(g) for g in grey]
+
+
+def _flops_per_pixel(model: torch.nn.Module) -> float:
+    """Multiply-adds x 2 of one forward pass per input pixel, counted on a 64 x 64 input."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        kk = module.kernel_size[0] * module.kernel_size[1]
+        if isinstance(
+            module, torch.nn.ConvTranspose2d
+        ):  # each input value feeds out_channels x k x k outputs
+            total += 2 * inputs[0].numel() * kk * module.out_channels // module.groups
+        elif isinstance(module, torch.nn.Conv2d):
+            total += 2 * output.numel() * kk * module.in_channels // module.groups
+
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, convs)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, 64, 64))
+    finally:
+        for h in handles:
+            h.remove()
+    return total / (64 * 64)
+
+
+def measure(name: str, steps: int, warmup: int, batch: int, patch: int) -> dict:
+    from napari_addunet.engine.datasets import clean_data
+    from napari_addunet.engine.training import train_events
+    from napari_addunet.engine.training_events import StepDone
+    from napari_addunet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name)
+    params = model.num_parameters()
+    fpp = _flops_per_pixel(model)
+    config = dict(
+        epochs=1,
+        steps_per_epoch=warmup + steps,
+        batch_size=batch,
+        patch_size=patch,
+        val_fraction=0.0,
+        device="cpu",
+        sigma_min=0,
+        sigma_max=55,
+    )
+    times: list[float] = []
+    last = None
+    for event in train_events(clean_data(_images()), model, config):
+        if isinstance(event, StepDone):
+            now = time.perf_counter()
+            if last is not None and event.step > warmup:
+                times.append(now - last)
+            last = now
+    per_step = statistics.median(times)
+    return {
+        "model": name,
+        "parameters": params,
+        "mflop_per_pixel": fpp / 1e6,
+        "patches_per_s": batch / per_step,
+        "seconds_per_step": per_step,
+        "min_s": min(times),
+        "max_s": max(times),
+        "steps": len(times),
+        # forward + backward is about 3x the forward FLOPs
+        "gflops": 3 * fpp * patch * patch * batch / per_step / 1e9,
+    }
+
+
+def write_report(rows: list[dict], args: argparse.Namespace, command: str, load: tuple[float, float]) -> Path:
+    out = ROOT / "docs" / "benchmarks" / "training.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Training throughput (CPU)",
+        "",
+        "Written by `benchmarks/training.py`; regenerate with:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Measured {datetime.date.today().isoformat()} with torch {torch.__version__} on "
+        f"{platform.machine()} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads), "
+        "all three models in one run.",
+        f"Load average before / after the run: {load[0]:.1f} / {load[1]:.1f}. The machine was shared with "
+        "other jobs (including a background training run), so the absolute numbers are noisy: compare the "
+        "models with each other rather than with another machine.",
+        "",
+        f"Each step: {args.batch} random {args.patch} x {args.patch} patches of scikit-image's sample images, "
+        "blind Gaussian noise (sigma 0-55), forward, MSE, backward, gradient clipping, AdamW, through the "
+        f"real loop (`train_events`). {args.warmup} warm-up steps, then the median of {args.steps} timed "
+        "steps. Default sizes: `create_model(name)` with no settings.",
+        "",
+        "| model | parameters | MFLOP / pixel (forward) | patches / s | s / step (median, min-max) | GFLOP/s (x3 fwd) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['mflop_per_pixel']:.2f} | {r['patches_per_s']:.1f} | "
+            f"{r['seconds_per_step']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f}) | {r['gflops']:.0f} |"
+        )
+    lines += [
+        "",
+        "Reading: time per patch follows FLOPs per pixel (counted as in docs/models.md); "
+        "the U-Net spends most of its work at low resolution. GPU throughput (where the loop uses automatic "
+        "mixed precision, `amp=True`) was not measured here.",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per model")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=64)
+    args = ap.parse_args()
+    command = "python benchmarks/training.py" + (f" --steps {args.steps}" if args.steps != 12 else "")
+    load0 = os.getloadavg()[0]
+    rows = []
+    for name in MODELS:
+        t0 = time.perf_counter()
+        row = measure(name, args.steps, args.warmup, args.batch, args.patch)
+        rows.append(row)
+        print(
+            f"{name:8s} {row['patches_per_s']:7.1f} patches/s  ({row['seconds_per_step']:.2f} s/step, "
+            f"{row['gflops']:.0f} GFLOP/s, {time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    out = write_report(rows, args, command, (load0, os.getloadavg()[0]))
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,364 @@
+"""The ``napari-addunet`` command line: denoise, classify, info, demo.
+
+Every command is a thin layer over the Python API. Bad input ends with a one-line message
+and a non-zero exit code; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """A problem with what the user asked for; shown as one line."""
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _gates(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise CliError(f"--gates takes comma-separated numbers, e.g. 1,0.5,0,1,1; got {text!r}") from exc
+
+
+def _tile(text: str | None) -> int | None:
+    if text is None or text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise CliError(f"--tile takes a number of pixels or 'auto', got {text!r}") from exc
+    if value < 16:
+        raise CliError(f"--tile must be at least 16 pixels, got {value}")
+    return value
+
+
+class _Bar:
+    """A tqdm progress bar fed by the engine's progress events."""
+
+    def __init__(self, desc: str, quiet: bool) -> None:
+        self.desc, self.quiet, self.bar = desc, quiet, None
+
+    def __call__(self, event: Any) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event.total, desc=self.desc, unit="tile", leave=False, file=sys.stderr)
+        self.bar.total = event.total
+        self.bar.n = event.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _say(args: argparse.Namespace, *parts: Any) -> None:
+    if not args.quiet:
+        print(*parts)
+
+
+def _load(spec: str | None):
+    from .engine.checkpoint import load_model
+
+    return load_model(spec)
+
+
+def _outputs_for(inputs: list[Path], output: Path, suffix: str) -> list[tuple[Path, Path]]:
+    from .engine.image_io import image_files
+
+    pairs: list[tuple[Path, Path]] = []
+    many = len(inputs) > 1 or any(p.is_dir() and p.suffix.lower() != ".zarr" for p in inputs)
+    if many:
+        if output.exists() and not output.is_dir():
+            raise CliError(f"{output} is a file; several inputs need an output folder")
+        for src in inputs:
+            for f in image_files(src):
+                pairs.append((f, output / (f.stem + suffix)))
+        if not pairs:
+            raise CliError("no readable images in " + ", ".join(map(str, inputs)))
+    else:
+        target = output
+        if output.is_dir() or output.suffix == "":
+            target = output / (inputs[0].stem + suffix)
+        pairs.append((inputs[0], target))
+    return pairs
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from .engine.image_io import PLAIN_SUFFIXES, read_image, write_image
+    from .engine.inference import denoise
+
+    model = _load(args.model)
+    gates = _gates(args.gates)
+    tile = _tile(args.tile)
+    inputs = [Path(p) for p in args.inputs]
+    for p in inputs:
+        if not p.exists():
+            raise CliError(f"{p}: no such file or folder")
+    pairs = _outputs_for(inputs, Path(args.output), ".tif")
+    for _src, dst in pairs:
+        if dst.exists() and not args.overwrite:
+            raise CliError(f"{dst} exists; pass --overwrite to replace it")
+    if len(pairs) > 1:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+    for src, dst in pairs:
+        image = read_image(src)
+        if src.suffix.lower() in PLAIN_SUFFIXES and args.output_format == "input":
+            dst = dst.with_suffix(src.suffix.lower())
+        axes = args.axes or image.axes or ("YXC" if image.rgb else None)
+        bar = _Bar(src.name, args.quiet)
+        t0 = time.perf_counter()
+        try:
+            result = denoise(
+                model, image.data, axes=axes, tile=tile, device=args.device, gates=gates, progress=bar
+            )
+            if hasattr(result, "compute"):
+                result = result.compute()
+        finally:
+            bar.close()
+        write_image(dst, result, image, overwrite=args.overwrite)
+        _say(args, f"{src} -> {dst} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .engine.image_io import image_files, read_image
+    from .engine.inference import predict
+
+    model = _load(args.model)
+    if model.num_classes == 0:
+        raise CliError("this model has no classification head; use a model trained to classify")
+    rows: list[list[Any]] = []
+    for p in (Path(x) for x in args.inputs):
+        if not p.exists():
+            raise CliError(f"{p}: no such file or folder")
+        for f in image_files(p):
+            image = read_image(f)
+            axes = args.axes or image.axes or ("YXC" if image.rgb else None)
+            result = predict(model, image.data, axes=axes, device=args.device)
+            probs = result.probabilities
+            for i, row in enumerate(probs):
+                best = int(row.argmax())
+                rows.append([str(f), i, result.class_names[best], *(f"{v:.4f}" for v in row)])
+                _say(args, f"{f.name}[{i}]: {result.class_names[best]} ({row[best]:.3f})")
+    header = ["file", "plane", "class", *[f"p_{n}" for n in model.class_names]]
+    if args.csv:
+        out = Path(args.csv)
+        if out.exists() and not args.overwrite:
+            raise CliError(f"{out} exists; pass --overwrite to replace it")
+        with open(out, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from importlib import metadata
+
+    from ._version import __version__
+    from .engine.checkpoint import bundled_models, read_header
+    from .engine.devices import available_devices
+    from .models import model_summaries
+
+    if args.model:
+        from .engine.checkpoint import load_model
+        from .engine.receptive_field import receptive_field
+
+        path = bundled_models().get(args.model, Path(args.model))
+        model = load_model(args.model)
+        header = read_header(path)
+        info = {
+            "file": Path(path).name,
+            "architecture": header["architecture"],
+            "parameters": model.num_parameters(),
+            "receptive_field": receptive_field(model),
+            "config": header["config"],
+            "gates": header.get("gates"),
+            "metadata": header["metadata"],
+            "package_version": header["package_version"],
+        }
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"napari-addunet {__version__}")
+    versions = []
+    for dist in ("torch", "numpy", "napari", "scikit-image", "dask"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} (not installed)")
+    print("versions: " + ", ".join(versions))
+    print("devices: " + ", ".join(d.label for d in available_devices()))
+    print("architectures:")
+    for name, summary in model_summaries().items():
+        print(f"  {name:16s} {summary}")
+    print("bundled models:")
+    for name, path in bundled_models().items():
+        header = read_header(path)
+        train = header["metadata"].get("training", {})
+        print(f"  {name:24s} {header['architecture']}, {train.get('data', '')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+    from skimage import data as skdata
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from .engine.image_io import write_image
+    from .engine.inference import denoise
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["clean.tif", "noisy.tif", "denoised.tif", "residual.tif", "demo.png"]
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not args.overwrite:
+        raise CliError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
+    loader = getattr(skdata, args.image, None)
+    if loader is None:
+        raise CliError(
+            f"scikit-image has no sample image {args.image!r}; try camera, moon, coins or astronaut"
+        )
+    clean = np.asarray(loader(), dtype=np.float32)
+    if clean.ndim == 3:
+        clean = clean[..., :3].mean(axis=-1)
+    clean = clean / 255.0
+    rng = np.random.default_rng(args.seed)
+    noisy = (clean + rng.normal(0.0, args.sigma / 255.0, clean.shape)).astype(np.float32)
+    model = _load(args.model)
+    bar = _Bar("denoise", args.quiet)
+    t0 = time.perf_counter()
+    try:
+        result = np.asarray(
+            denoise(model, noisy, axes="YX", device=args.device, progress=bar), dtype=np.float32
+        )
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    residual = noisy - result
+    for name, arr in zip(names[:4], (clean, noisy, result, residual), strict=True):
+        write_image(out / name, arr, overwrite=True)
+    panels = [clean, noisy, np.clip(result, 0, 1), np.clip(residual * 2 + 0.5, 0, 1)]
+    gap = np.ones((clean.shape[0], 8), np.float32)
+    strip = np.concatenate([p if i == 0 else np.concatenate([gap, p], 1) for i, p in enumerate(panels)], 1)
+    write_image(out / "demo.png", strip * 255, overwrite=True)
+    scores = {}
+    for label, arr in (("noisy", noisy), ("denoised", result)):
+        a = np.clip(arr, 0, 1)
+        scores[label] = (
+            peak_signal_noise_ratio(clean, a, data_range=1.0),
+            structural_similarity(clean, a, data_range=1.0),
+        )
+    name = getattr(model, "source_path", "")
+    print(f"model: {Path(name).name or model.architecture} ({model.num_parameters():,} parameters)")
+    print(
+        f"image: scikit-image '{args.image}' {clean.shape[1]}x{clean.shape[0]}, Gaussian noise sigma {args.sigma:g}/255"
+    )
+    print(f"noisy:    PSNR {scores['noisy'][0]:6.2f} dB  SSIM {scores['noisy'][1]:.4f}")
+    print(
+        f"denoised: PSNR {scores['denoised'][0]:6.2f} dB  SSIM {scores['denoised'][1]:.4f}  ({seconds:.1f} s)"
+    )
+    print(f"wrote {', '.join(names)} to {out} (demo.png: clean | noisy | denoised | residual)")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-addunet",
+        description="Additive U-Net denoising and classification from the command line.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from napari_addunet.cli_training import register as register_training
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model",
+            "-m",
+            default=None,
+            help="bundled model name or .safetensors file (default: bundled denoiser)",
+        )
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        p.add_argument(
+            "--axes", default=None, help="axes of the input, e.g. YX, ZYX, TYX, YXC, CYX (default: inferred)"
+        )
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument(
+            "--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+
+    p = sub.add_parser("denoise", help="denoise images (TIFF, PNG/JPEG, zarr; files or folders)")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--output", "-o", required=True, help="output file, or folder for several inputs")
+    p.add_argument("--tile", default=None, help="tile side in pixels, or auto")
+    p.add_argument("--gates", default=None, help="AddUNet skip gates, comma-separated, shallow to deep")
+    p.add_argument(
+        "--output-format",
+        choices=["tiff", "input"],
+        default="tiff",
+        help="tiff (float32, default) or the input's format for PNG/JPEG",
+    )
+    common(p)
+    p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("classify", help="class probabilities per image or plane")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--csv", default=None, help="write a CSV table here")
+    common(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "info", help="architectures, bundled models, devices, versions, or one model's details"
+    )
+    p.add_argument("model", nargs="?", default=None)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="denoise a noisy sample image headless and report PSNR/SSIM")
+    p.add_argument("--output", "-o", default="demo-output", help="folder for the results")
+    p.add_argument("--image", default="camera", help="scikit-image sample image (default: camera)")
+    p.add_argument("--sigma", type=float, default=25.0, help="Gaussian noise sigma on [0, 255]")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+    register_training(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("napari-addunet: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError, OSError) as exc:
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"napari-addunet: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

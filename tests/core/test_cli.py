@@ -1,0 +1,192 @@
+"""The command line on real files in temporary folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from skimage import data as skdata
+
+import napari_addunet as na
+from napari_addunet.cli import main
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    torch.manual_seed(0)
+    model = na.create_model("addunet", width=4, kernels=(3, 3), num_classes=3)
+    return na.save_model(
+        model,
+        tmp_path / "tiny.safetensors",
+        class_names=["a", "b", "c"],
+        normalization={"method": "percentile", "low": 0.1, "high": 99.9},
+    )
+
+
+@pytest.fixture
+def stack_tif(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = (rng.random((3, 40, 50)) * 4000).astype(np.uint16)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        path,
+        arr,
+        imagej=True,
+        resolution=(1 / 0.2, 1 / 0.2),
+        metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"},
+    )
+    return path, arr
+
+
+def test_denoise_tiff_keeps_metadata_and_refuses_overwrite(tiny_model, stack_tif, tmp_path, capsys):
+    src, arr = stack_tif
+    out = tmp_path / "out.tif"
+    assert (
+        main(["-q", "denoise", str(src), "-o", str(out), "--model", str(tiny_model), "--device", "cpu"]) == 0
+    )
+    with tifffile.TiffFile(out) as tif:
+        result = tif.asarray()
+        assert tif.imagej_metadata["spacing"] == pytest.approx(0.5)
+        assert tif.series[0].axes == "ZYX"
+        xres = tif.pages[0].tags["XResolution"].value
+        assert xres[0] / xres[1] == pytest.approx(5.0)
+    assert result.shape == arr.shape and result.dtype == np.float32
+    expected = na.denoise(na.load_model(tiny_model), arr, axes="ZYX", device="cpu")
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-3)
+    before = out.read_bytes()
+    assert main(["-q", "denoise", str(src), "-o", str(out), "--model", str(tiny_model)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["-q", "denoise", str(src), "-o", str(out), "--model", str(tiny_model), "--overwrite"]) == 0
+
+
+def test_denoise_folder_to_folder_png(tiny_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    import imageio.v3 as iio
+
+    iio.imwrite(folder / "a.png", skdata.camera()[:64, :64])
+    iio.imwrite(folder / "b.png", skdata.moon()[:48, :40])
+    out = tmp_path / "out"
+    code = main(
+        ["-q", "denoise", str(folder), "-o", str(out), "--model", str(tiny_model), "--output-format", "input"]
+    )
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert iio.imread(out / "b.png").shape == (48, 40)
+    assert iio.imread(out / "a.png").dtype == np.uint8
+
+
+def test_denoise_gates_change_the_result(tiny_model, tmp_path):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.random.default_rng(1).random((32, 32)).astype(np.float32))
+    main(["-q", "denoise", str(img), "-o", str(tmp_path / "a.tif"), "--model", str(tiny_model)])
+    main(
+        [
+            "-q",
+            "denoise",
+            str(img),
+            "-o",
+            str(tmp_path / "b.tif"),
+            "--model",
+            str(tiny_model),
+            "--gates",
+            "0,0",
+        ]
+    )
+    a, b = tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif")
+    assert np.abs(a - b).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["denoise", "missing.tif", "-o", "x.tif"], "no such file"),
+        (
+            ["denoise", "{img}", "-o", "{out}", "--model", "no-such-model"],
+            "no bundled model named 'no-such-model'",
+        ),
+        (["denoise", "{img}", "-o", "{out}", "--axes", "QYX"], "axes"),
+        (["denoise", "{img}", "-o", "{out}", "--gates", "1,x"], "--gates takes comma-separated numbers"),
+        (["denoise", "{bad}", "-o", "{out}"], "cannot read as an image"),
+        (["info", "{bad_ckpt}"], "not a readable safetensors file"),
+    ],
+)
+def test_bad_input_one_line_message_no_traceback(argv, message, tmp_path, capsys, tiny_model):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.zeros((16, 16), np.float32))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    bad_ckpt = tmp_path / "bad.safetensors"
+    bad_ckpt.write_bytes(b"\x00" * 10)
+    subs = {
+        "{img}": str(img),
+        "{out}": str(tmp_path / "o.tif"),
+        "{bad}": str(bad),
+        "{bad_ckpt}": str(bad_ckpt),
+    }
+    argv = [subs.get(a, a) for a in argv]
+    if "--model" not in argv and argv[0] == "denoise":
+        argv += ["--model", str(tiny_model)]
+    assert main(["-q", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-addunet: error:")
+    assert message in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "info", str(tmp_path / "nope.safetensors")])
+
+
+def test_classify_csv(tiny_model, stack_tif, tmp_path, capsys):
+    src, _ = stack_tif
+    csv_path = tmp_path / "classes.csv"
+    assert main(["classify", str(src), "--model", str(tiny_model), "--csv", str(csv_path)]) == 0
+    lines = csv_path.read_text().strip().splitlines()
+    assert lines[0] == "file,plane,class,p_a,p_b,p_c"
+    assert len(lines) == 4
+    probs = np.array([[float(v) for v in line.split(",")[3:]] for line in lines[1:]])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_classify_without_head_is_refused(tmp_path, capsys):
+    path = na.save_model(na.create_model("addunet", width=4, kernels=(3,)), tmp_path / "nohead.safetensors")
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.zeros((16, 16), np.float32))
+    assert main(["classify", str(img), "--model", str(path)]) == 2
+    assert "no classification head" in capsys.readouterr().err
+
+
+def test_info_lists_architectures_devices_and_a_checkpoint(tiny_model, capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in na.list_models():
+        assert name in out
+    assert "cpu" in out and "torch" in out
+    assert main(["info", str(tiny_model)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "addunet"
+    assert info["metadata"]["class_names"] == ["a", "b", "c"]
+    assert info["receptive_field"] == na.receptive_field(na.load_model(tiny_model))
+
+
+def test_demo_writes_results_and_improves_psnr(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--image", "coins", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    for name in ("clean.tif", "noisy.tif", "denoised.tif", "residual.tif", "demo.png"):
+        assert (out / name).exists()
+    noisy_psnr = float(text.split("noisy:")[1].split("PSNR")[1].split("dB")[0])
+    denoised_psnr = float(text.split("denoised:")[1].split("PSNR")[1].split("dB")[0])
+    assert denoised_psnr > noisy_psnr + 3
+    clean, noisy, den, res = (
+        tifffile.imread(out / n) for n in ("clean.tif", "noisy.tif", "denoised.tif", "residual.tif")
+    )
+    np.testing.assert_allclose(res, noisy - den, atol=1e-5)
+    assert main(["demo", "--output", str(out)]) == 2

@@ -1,0 +1,229 @@
+"""Tiling: the plan's invariants, tiled == untiled for any size, and the out-of-memory fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from napari_addunet.engine.inference import denoise, model_receptive_field
+from napari_addunet.engine.tiling import (
+    TiledRunner,
+    TileError,
+    TileMemoryError,
+    default_overlap,
+    default_tile_size,
+    plan_axis,
+    plan_tiles,
+    tile_floor,
+)
+from napari_addunet.models import create_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+
+
+def _reference(model, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)[None, None]).denoised[0, 0].numpy()
+
+
+@pytest.fixture(scope="module")
+def addunet_rf43():
+    """Default constant-resolution AddUNet kernels (receptive field 43), tiny width for speed."""
+    torch.manual_seed(0)
+    return create_model("addunet", width=2).eval()
+
+
+@pytest.fixture(scope="module")
+def pooling_model():
+    """A model that down-samples (size_multiple 4): only equivariant on its pooling grid."""
+    torch.manual_seed(1)
+    return create_model("addunet", width=3, kernels=(3, 3, 3), multiscale=True).eval()
+
+
+# -- the plan -----------------------------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(
+    length=st.integers(1, 3000),
+    tile=st.integers(0, 1200),
+    context=st.integers(0, 80),
+    multiple=st.sampled_from([1, 2, 4, 8, 16]),
+)
+def test_plan_axis_invariants(length, tile, context, multiple):
+    overlap = default_overlap(2 * context + 1, multiple)
+    try:
+        spans = plan_axis(length, tile, overlap, multiple, context)
+    except TileError:
+        assert tile < tile_floor(2 * context + 1, overlap, multiple)
+        return
+    # owned ranges partition the axis
+    assert spans[0].lo == 0 and spans[-1].hi == length
+    assert all(a.hi == b.lo for a, b in zip(spans, spans[1:], strict=False))
+    for s in spans:
+        assert 0 <= s.start <= s.lo < s.hi <= s.stop <= length
+        if tile > 0 and length > tile:
+            assert s.size <= tile
+            assert s.start % multiple == 0 and s.lo % multiple == 0
+        # a seam is never closer than the context to an artificial tile edge
+        if s.lo > 0:
+            assert s.lo - s.start >= context
+        if s.hi < length:
+            assert s.stop - s.hi >= context
+    # the blend weights sum to one everywhere
+    total = np.zeros(length)
+    for s in spans:
+        a, b = s.support
+        total[a:b] += s.weights()
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_plan_is_economical():
+    # 2048 px with 704 px tiles and a 42 px overlap: 4 tiles, ~8 % extra work, not whole tiles
+    spans = plan_axis(2048, 704, 42, 1, 21)
+    assert len(spans) == 4
+    assert sum(s.size for s in spans) / 2048 < 1.07
+
+
+def test_small_overlap_blends_whole_overlap():
+    spans = plan_axis(500, 200, 10, 1, context=21)
+    assert all(s.ramp_hi > 0 for s in spans[:-1])
+    plan = plan_tiles((500, 500), 200, 10, 1, context=21)
+    assert not plan.exact
+    assert plan_tiles((500, 500), 200, 42, 1, context=21).exact
+
+
+def test_tile_too_small_is_clear():
+    with pytest.raises(TileError, match="at least"):
+        plan_axis(1000, 40, 42, 1)
+
+
+# -- tiled == untiled ---------------------------------------------------------------------------
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    h=st.integers(1, 130),
+    w=st.integers(1, 130),
+    tile=st.integers(44, 140),
+    seed=st.integers(0, 2**16),
+)
+def test_tiled_equals_untiled_any_size(addunet_rf43, h, w, tile, seed):
+    assert model_receptive_field(addunet_rf43) == 43
+    x = np.random.default_rng(seed).random((h, w), dtype=np.float32)
+    tiled = denoise(addunet_rf43, x, tile=tile, device="cpu", normalization="none")
+    assert tiled.dtype == np.float32
+    assert np.abs(tiled - _reference(addunet_rf43, x)).max() <= 1e-4
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=st.integers(1, 140), w=st.integers(1, 140), tile=st.integers(96, 150), seed=st.integers(0, 2**16))
+def test_tiled_equals_untiled_pooling_model(pooling_model, h, w, tile, seed):
+    assert pooling_model.size_multiple == 4
+    x = np.random.default_rng(seed).random((h, w), dtype=np.float32)
+    tiled = denoise(pooling_model, x, tile=tile, device="cpu", normalization="none")
+    # tile origins aligned to the pooling grid: exact too, up to float rounding
+    assert np.abs(tiled - _reference(pooling_model, x)).max() <= 1e-4
+
+
+def test_tiled_unet_baseline_exact():
+    torch.manual_seed(2)
+    model = create_model("unet", base_width=4, depth=3).eval()
+    x = np.random.default_rng(3).random((300, 260), dtype=np.float32)
+    tiled = denoise(model, x, tile=230, device="cpu", normalization="none")
+    assert np.abs(tiled - _reference(model, x)).max() <= 1e-4
+
+
+def test_small_overlap_warns_and_stays_close(addunet_rf43):
+    x = np.random.default_rng(4).random((120, 120), dtype=np.float32)
+    with pytest.warns(UserWarning, match="no longer identical"):
+        y = denoise(addunet_rf43, x, tile=60, overlap=10, device="cpu", normalization="none")
+    assert np.isfinite(y).all()
+    assert np.abs(y - _reference(addunet_rf43, x)).max() < 0.5
+
+
+def test_untiled_option(addunet_rf43):
+    x = np.random.default_rng(5).random((90, 70), dtype=np.float32)
+    y = denoise(addunet_rf43, x, tile=0, device="cpu", normalization="none")
+    np.testing.assert_array_equal(y, _reference(addunet_rf43, x))
+
+
+# -- default size -------------------------------------------------------------------------------
+def test_default_tile_size_cpu():
+    model = create_model("addunet")
+    rf = model_receptive_field(model)
+    side = default_tile_size(model, torch.device("cpu"), rf)
+    assert side % 64 == 0 and tile_floor(rf, default_overlap(rf)) <= side <= 2048
+    # the tiling overhead on a large image stays small with that tile
+    spans = plan_axis(4096, side, default_overlap(rf), 1, rf // 2)
+    assert (sum(s.size for s in spans) / 4096) ** 2 < 1.15
+    tiny = create_model("addunet", width=2, kernels=(3,))
+    assert default_tile_size(tiny, torch.device("cpu"), 7) == 2048
+
+
+# -- out of memory ------------------------------------------------------------------------------
+def _fake_oom_forward(limit_px: int, calls: list):
+    def forward(batch, owned):
+        calls.append(batch.shape)
+        if batch.shape[0] * batch.shape[2] * batch.shape[3] > limit_px:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batch * 2.0, None
+
+    return forward
+
+
+def test_oom_halves_tile_then_succeeds():
+    calls: list = []
+    runner = TiledRunner(
+        _fake_oom_forward(70 * 70, calls), tile=256, overlap=10, context=5, floor=24, on_oom=None
+    )
+    plane = np.random.default_rng(0).random((1, 300, 200), dtype=np.float32)
+    events = list(runner.run([("a", plane)]))
+    (done,) = [e for e in events if type(e).__name__ == "PlaneDone"]
+    np.testing.assert_allclose(done.image, plane * 2.0, rtol=1e-6)
+    assert runner.tile < 256 and runner.tile * runner.tile <= 4 * 70 * 70
+    assert any(e.startswith("tile") for e in runner.oom_events)
+    assert any(type(e).__name__ == "Replanned" for e in events)
+
+
+def test_oom_reduces_batch_first():
+    calls: list = []
+    runner = TiledRunner(
+        _fake_oom_forward(3 * 40 * 40, calls), tile=256, overlap=10, context=5, floor=24, on_oom=None
+    )
+    planes = [(i, np.full((1, 40, 40), i, np.float32)) for i in range(8)]
+    done = [e for e in runner.run(planes) if type(e).__name__ == "PlaneDone"]
+    assert [d.key for d in done] == list(range(8))
+    assert all(np.all(d.image == 2.0 * d.key) for d in done)
+    assert runner.oom_events[0].startswith("batch size") and runner.tile == 256
+
+
+def test_oom_below_floor_is_a_clear_error():
+    runner = TiledRunner(_fake_oom_forward(10, []), tile=128, overlap=10, context=5, floor=32, on_oom=None)
+    plane = np.zeros((1, 200, 200), np.float32)
+    with pytest.raises(TileMemoryError, match="out of device memory even with 32 px tiles"):
+        list(runner.run([(0, plane)]))
+
+
+def test_other_errors_are_not_swallowed():
+    def forward(batch, owned):
+        raise ValueError("boom")
+
+    runner = TiledRunner(forward, tile=64, overlap=10, context=5, floor=32, on_oom=None)
+    with pytest.raises(ValueError, match="boom"):
+        list(runner.run([(0, np.zeros((1, 100, 100), np.float32))]))
+
+
+def test_oom_end_to_end_with_a_model(addunet_rf43, monkeypatch):
+    x = np.random.default_rng(6).random((150, 150), dtype=np.float32)
+    expected = _reference(addunet_rf43, x)
+    original = addunet_rf43.forward
+
+    def tight_memory(t):
+        if t.shape[-1] * t.shape[-2] > 100 * 100:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(t)
+
+    monkeypatch.setattr(addunet_rf43, "forward", tight_memory)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        y = denoise(addunet_rf43, x, tile=512, device="cpu", normalization="none")
+    assert np.abs(y - expected).max() <= 1e-4

@@ -1,0 +1,372 @@
+"""The training loop: it learns, stops cleanly, resumes exactly, repeats from a seed, explains bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+import napari_addunet as na
+from napari_addunet.engine.datasets import DataError, clean_data, noisy_data, paired_data
+from napari_addunet.engine.metrics import psnr
+from napari_addunet.engine.training import TrainingError, _Run, train, train_events
+from napari_addunet.engine.training_config import TrainingConfig, lr_at
+from napari_addunet.engine.training_events import (
+    CheckpointSaved,
+    EpochDone,
+    LossParts,
+    StepDone,
+    TrainingFinished,
+    TrainingStarted,
+    ValidationDone,
+)
+from napari_addunet.engine.training_state import TrainingStateError, load_state, state_path_for
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and on a busy machine far more predictably."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def crops() -> list[np.ndarray]:
+    cam, moon, coins = skdata.camera(), skdata.moon(), skdata.coins()
+    return [
+        cam[:128, :128],
+        cam[128:256, 128:256],
+        moon[:128, :128],
+        coins[:128, :128],
+        cam[300:428, 300:428],
+    ]
+
+
+def tiny(**kw) -> na.models.DenoiserModel:
+    torch.manual_seed(0)
+    return na.create_model("addunet", width=8, kernels=(3, 3, 3), **kw)
+
+
+FAST = dict(batch_size=8, patch_size=32, lr=3e-3, warmup_steps=10, val_patches=16, device="cpu")
+
+
+def weights(model) -> torch.Tensor:
+    return torch.cat([v.detach().flatten().float() for v in model.state_dict().values()])
+
+
+# -- it learns --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("sup") / "model.safetensors"
+    events = []
+    result = train(
+        clean_data(crops()),
+        tiny(),
+        dict(FAST, epochs=4, steps_per_epoch=40, sigma_min=25, sigma_max=25, val_fraction=0.2),
+        output=out,
+        callback=events.append,
+        command="pytest",
+    )
+    return result, events, out
+
+
+def test_supervised_run_lowers_the_loss_and_beats_the_noisy_input_on_held_out_images(supervised):
+    result, events, _ = supervised
+    epochs = [e for e in events if isinstance(e, EpochDone)]
+    assert epochs[-1].train.total < 0.5 * epochs[0].train.total
+    val = [e for e in events if isinstance(e, ValidationDone)]
+    assert len(val) == 4
+    assert val[-1].psnr > val[-1].input_psnr + 3  # sigma 25: noisy ~20.2 dB
+    assert val[-1].ssim > val[-1].input_ssim
+    assert result.reason == "completed" and result.step == 160
+    assert result.best.psnr == pytest.approx(max(v.psnr for v in val), abs=0.3)
+
+
+def test_events_are_typed_and_in_order(supervised):
+    _, events, out = supervised
+    assert isinstance(events[0], TrainingStarted) and events[0].total_steps == 160 and not events[0].resumed
+    assert events[0].train_planes == 4 and events[0].val_planes == 1
+    assert isinstance(events[-1], TrainingFinished) and events[-1].reason == "completed"
+    steps = [e for e in events if isinstance(e, StepDone)]
+    assert [s.step for s in steps] == list(range(1, 161))
+    assert all(isinstance(s.loss, LossParts) and s.loss.classify == 0 for s in steps)
+    assert all(len(s.gates) == 3 for s in steps) and steps[-1].samples_per_second > 0
+    assert steps[-1].eta_seconds < steps[1].eta_seconds
+    assert steps[0].lr == pytest.approx(3e-3 / 10)  # warm-up
+    kinds = {e.kind for e in events if isinstance(e, CheckpointSaved)}
+    assert kinds == {"best", "state"}
+    epoch = [e for e in events if isinstance(e, EpochDone)][0]
+    assert epoch.epoch == 1 and epoch.step == 40 and epoch.best.metric == "val_loss"
+    assert epoch.validation is not None and epoch.elapsed_seconds > 0
+
+
+def test_checkpoint_records_how_to_use_the_model(supervised):
+    result, _, out = supervised
+    loaded = na.load_model(out)
+    torch.testing.assert_close(weights(loaded), weights(result.model))
+    meta = loaded.metadata
+    assert meta["normalization"] == {"method": "range", "low": 0.0, "high": 255.0}
+    train_meta = meta["training"]
+    assert train_meta["mode"] == "supervised" and train_meta["status"] == "completed"
+    assert train_meta["noise"]["model"] == "gaussian" and train_meta["noise"]["sigma_255"] == [25.0, 25.0]
+    assert train_meta["config"]["steps_per_epoch"] == 40 and train_meta["command"] == "pytest"
+    assert train_meta["metrics"]["val_psnr"] > train_meta["metrics"]["val_input_psnr"]
+    assert train_meta["data"]["train"]["planes"] == 4 and train_meta["steps"] == 160
+    assert train_meta["seconds"] > 0 and "class_names" not in meta
+    assert load_state(out)["step"] == 160
+
+
+def test_noise2void_on_noisy_images_alone_beats_the_noisy_input():
+    rng = np.random.default_rng(0)
+    clean = [c.astype(np.float32) / 255 for c in crops()]
+    noisy = [c + rng.normal(0, 25 / 255, c.shape).astype(np.float32) for c in clean]
+    result = train(
+        noisy_data(noisy[:4], normalization="none"),
+        tiny(),
+        dict(FAST, epochs=4, steps_per_epoch=50, mask_fraction=0.03, val_fraction=0.25),
+    )
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    assert result.history[-1]["val_psnr"] is None  # no reference without clean images
+    with torch.no_grad():
+        out = result.model(torch.from_numpy(noisy[4])[None, None]).denoised[0, 0].numpy()
+    assert psnr(clean[4], out) > psnr(clean[4], noisy[4]) + 2  # held-out image, never seen
+
+
+def test_joint_denoise_and_classify_on_digits_beats_chance():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    n = 500
+    data = clean_data(
+        list(digits.images[:n] / 16.0),
+        labels=digits.target[:n],
+        class_names=[str(i) for i in range(10)],
+        normalization="none",
+    )
+    torch.manual_seed(0)
+    model = na.create_model("addunet", width=16, kernels=(3, 3, 3), num_classes=10)
+    result = train(
+        data,
+        model,
+        dict(
+            FAST,
+            epochs=3,
+            steps_per_epoch=100,
+            batch_size=32,
+            patch_size=8,
+            lr=5e-3,
+            sigma_min=10,
+            sigma_max=10,
+            lambda_cls=1.0,
+            augment=False,
+            val_fraction=0.2,
+            val_patches=100,
+        ),
+    )
+    assert result.best.accuracy > 0.3  # chance: 0.1
+    assert result.history[-1]["train_classify"] < result.history[0]["train_classify"]
+    assert result.model.metadata["class_names"] == [str(i) for i in range(10)]
+
+
+def test_other_modes_noises_and_architectures_run(tmp_path):
+    rng = np.random.default_rng(1)
+    clean = [c.astype(np.float32) / 255 for c in crops()[:3]]
+    shot1 = [c + rng.normal(0, 0.1, c.shape).astype(np.float32) for c in clean]
+    shot2 = [c + rng.normal(0, 0.1, c.shape).astype(np.float32) for c in clean]
+    short = dict(FAST, epochs=1, steps_per_epoch=3)
+    n2n = train(paired_data(shot1, shot2, normalization="none"), tiny(), short)
+    assert n2n.history[0]["val_psnr"] is not None  # against the other noisy shot
+    pg = train(clean_data(clean), tiny(), dict(short, noise="poisson_gaussian", blur="motion", blur_size=5))
+    assert pg.reason == "completed"
+    torch.manual_seed(0)
+    dncnn = na.create_model("dncnn", depth=3, width=8)
+    res = train(clean_data(clean), dncnn, short, output=tmp_path / "d.safetensors")
+    assert (
+        res.history[0]["gates"] is None and na.load_model(tmp_path / "d.safetensors").architecture == "dncnn"
+    )
+    by_name = train(
+        clean_data(clean, labels=[0, 1, 1]),
+        "addunet",
+        dict(short, lambda_cls=0.5),
+        model_settings={"width": 4, "kernels": (3,)},
+    )
+    assert by_name.model.num_classes == 2 and by_name.best.accuracy is not None
+
+
+# -- stop, resume, repeat ---------------------------------------------------------------------------------
+SMALL = dict(
+    FAST,
+    epochs=2,
+    steps_per_epoch=5,
+    patch_size=16,
+    batch_size=4,
+    val_patches=4,
+    val_fraction=0.3,
+    warmup_steps=3,
+)
+
+
+def small_data():
+    rng = np.random.default_rng(2)
+    return clean_data([rng.random((24, 24)).astype(np.float32) for _ in range(4)], normalization="none")
+
+
+def test_stop_mid_epoch_leaves_a_loadable_model_and_the_last_state(tmp_path):
+    stop = threading.Event()
+    out = tmp_path / "m.safetensors"
+
+    def on_event(e):
+        if isinstance(e, StepDone) and e.step == 3:
+            stop.set()
+
+    result = train(small_data(), tiny(), SMALL, output=out, stop=stop, callback=on_event)
+    assert result.reason == "stopped" and result.step == 3 and result.best is None
+    loaded = na.load_model(out)
+    assert loaded.metadata["training"]["status"] == "stopped" and loaded.metadata["training"]["steps"] == 3
+    state = load_state(out)
+    assert state["step"] == 3 and state["epoch"] == 0 and state["step_in_epoch"] == 3
+
+
+def test_closing_the_generator_mid_epoch_leaves_files(tmp_path):
+    out = tmp_path / "m.safetensors"
+    gen = train_events(small_data(), tiny(), SMALL, output=out)
+    for event in gen:
+        if isinstance(event, StepDone) and event.step == 7:  # after the first epoch's best model
+            break
+    gen.close()
+    assert load_state(out)["step"] == 7
+    meta = na.load_model(out).metadata["training"]
+    assert meta["status"] == "stopped" and meta["metrics"]["epoch"] == 1
+
+
+def test_resume_continues_the_step_count_and_schedule_exactly(tmp_path):
+    full_events: list = []
+    full = train(
+        small_data(), tiny(), SMALL, output=tmp_path / "full.safetensors", callback=full_events.append
+    )
+
+    part = tmp_path / "part.safetensors"
+    stop = threading.Event()
+    train(
+        small_data(),
+        tiny(),
+        SMALL,
+        output=part,
+        stop=stop,
+        callback=lambda e: stop.set() if isinstance(e, StepDone) and e.step == 7 else None,
+    )
+    resumed_events: list = []
+    resumed = train(small_data(), resume=part, callback=resumed_events.append)
+
+    assert resumed_events[0].resumed and resumed_events[0].step == 7
+    steps = [e for e in resumed_events if isinstance(e, StepDone)]
+    assert [s.step for s in steps] == [8, 9, 10]
+    cfg = TrainingConfig.from_dict(SMALL)
+    assert [s.lr for s in steps] == [lr_at(cfg, s - 1) for s in (8, 9, 10)]
+    full_lrs = {e.step: e.lr for e in full_events if isinstance(e, StepDone)}
+    assert [s.lr for s in steps] == [full_lrs[s.step] for s in steps]
+    # same optimizer state, data and noise streams: the same weights as without interruption
+    assert torch.equal(
+        load_state(part)["model"]["beta"], load_state(tmp_path / "full.safetensors")["model"]["beta"]
+    )
+    assert torch.equal(weights(resumed.model), weights(full.model))
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert resumed.step == 10 and resumed.reason == "completed"
+
+
+def test_resume_with_more_epochs_extends_the_run(tmp_path):
+    out = tmp_path / "m.safetensors"
+    train(small_data(), tiny(), dict(SMALL, epochs=1), output=out)
+    more = train(small_data(), resume=out, epochs=2)
+    assert more.step == 10 and len(more.history) == 2
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    a = train(small_data(), tiny(), SMALL)
+    b = train(small_data(), tiny(), SMALL)
+    c = train(small_data(), tiny(), dict(SMALL, seed=1))
+    assert torch.equal(weights(a.model), weights(b.model))
+    assert not torch.equal(weights(a.model), weights(c.model))
+    # a model built by name is seeded too
+    d = train(small_data(), "addunet", SMALL, model_settings={"width": 4, "kernels": (3,)})
+    e = train(small_data(), "addunet", SMALL, model_settings={"width": 4, "kernels": (3,)})
+    assert torch.equal(weights(d.model), weights(e.model))
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(monkeypatch):
+    losses = iter([1.0, 0.5, 0.6, 0.7, 0.4])
+
+    def fake_validate(self):
+        return LossParts(0, 0, next(losses)), None, None, None
+
+    monkeypatch.setattr(_Run, "_validate", fake_validate)
+    result = train(small_data(), tiny(), dict(SMALL, epochs=5, steps_per_epoch=1, patience=2))
+    assert result.reason == "early_stopping" and len(result.history) == 4 and result.best.epoch == 2
+
+
+# -- bad input ------------------------------------------------------------------------------------------------
+def labelled():
+    return clean_data([np.zeros((24, 24), np.float32)] * 2, labels=["a", "b"], normalization="none")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (
+            dict(data="labelled", model="plain"),
+            DataError,
+            "labels were given but this addunet has no classification head",
+        ),
+        (
+            dict(data="plain", model="plain", lambda_cls=1.0),
+            DataError,
+            r"lambda > 0 \(1\) weights a classification loss",
+        ),
+        (dict(data="plain", model="head", lambda_cls=1.0), DataError, r"lambda > 0 \(1\) needs labels"),
+        (dict(data="labelled", model="head1"), DataError, "the labels have 2 classes .* head has 1"),
+        (dict(data="plain", model="plain", patch_size=64), DataError, "smaller than the 64x64 patch"),
+        (dict(data="plain", model="plain", lr=-1), na.ConfigError, "training.lr must be >= "),
+        (dict(data="plain", model="plain", epoch=3), na.ConfigError, "unknown training setting 'epoch'"),
+        (dict(data="array", model="plain"), TypeError, "data must be TrainingData"),
+        (dict(data="plain", model="module"), TypeError, "not a napari-addunet model"),
+    ],
+)
+def test_bad_input_gives_clear_messages(kwargs, error, match):
+    kwargs = dict(kwargs)
+    data = {"labelled": labelled(), "plain": small_data(), "array": np.zeros((24, 24))}[kwargs.pop("data")]
+    model = {
+        "plain": tiny(),
+        "head": tiny(num_classes=2),
+        "head1": tiny(num_classes=1),
+        "module": torch.nn.Conv2d(1, 1, 3),
+    }[kwargs.pop("model")]
+    with pytest.raises(error, match=match):
+        train_events(data, model, dict(SMALL, **kwargs))
+
+
+def test_files_are_protected_and_resume_needs_a_state(tmp_path):
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="m.safetensors exists; pass overwrite=True"):
+        train_events(small_data(), tiny(), SMALL, output=out)
+    with pytest.raises(TrainingStateError, match="no training state m.state.pt beside m.safetensors"):
+        train_events(small_data(), resume=out)
+    with pytest.raises(na.CheckpointError, match="must end in .safetensors"):
+        train_events(small_data(), tiny(), SMALL, output=tmp_path / "m.pt")
+    good = tmp_path / "g.safetensors"
+    train(small_data(), tiny(), dict(SMALL, epochs=1, steps_per_epoch=1), output=good)
+    assert state_path_for(good).exists()
+    other = clean_data([np.zeros((24, 24), np.float32)] * 7, normalization="none")
+    with pytest.raises(DataError, match="cannot resume: the data differ"):
+        train_events(other, resume=good)
+
+
+def test_a_diverging_loss_stops_with_a_clear_message():
+    huge = clean_data(np.full((24, 24), 1e30, np.float32), normalization="none")
+    with pytest.raises(TrainingError, match="the loss became .* at step 1: lower the learning rate"):
+        train(huge, tiny(), dict(SMALL, val_fraction=0))
