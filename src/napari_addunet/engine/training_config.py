@@ -8,12 +8,11 @@ source of truth (``TrainingConfig.describe()``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from napari_addunet.models.config import ConfigError, ModelConfig, _check_field, setting
+from napari_addunet.models.config import ConfigError, ModelConfig, _check_field, check_known, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +128,7 @@ class TrainingConfig:
             For an unknown setting (with the closest valid names) or an invalid value.
         """
         merged = {**(values or {}), **overrides}
-        names = cls.field_names()
-        for key in merged:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=3)
-                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise ConfigError(
-                    f"unknown training setting {key!r}.{hint} Valid settings: {', '.join(names)}."
-                )
+        check_known(merged, cls.field_names(), "training setting {key!r}")
         return cls(**merged)
 
     def replace(self, **changes: Any) -> TrainingConfig:

@@ -113,15 +113,7 @@ class ModelConfig:
             For an unknown field (with the closest valid names) or an invalid value.
         """
         merged = {**(values or {}), **overrides}
-        names = cls.field_names()
-        for key in merged:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=3)
-                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                raise ConfigError(
-                    f"unknown setting {key!r} for architecture {cls.architecture!r}.{hint} "
-                    f"Valid settings: {', '.join(names)}."
-                )
+        check_known(merged, cls.field_names(), f"setting {{key!r}} for architecture {cls.architecture!r}")
         return cls(**merged)
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +139,18 @@ class ModelConfig:
             row.setdefault("doc", "")
             rows.append(row)
         return rows
+
+
+def check_known(values: Mapping[str, Any], names: Sequence[str], what: str) -> None:
+    """Raise :class:`ConfigError` for the first key of ``values`` not in ``names``.
+
+    ``what`` describes the key in the message; ``{key!r}`` in it is filled in.
+    """
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, list(names), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"unknown {what.format(key=key)}.{hint} Valid settings: {', '.join(names)}.")
 
 
 def _type_name(tp: Any) -> str:
