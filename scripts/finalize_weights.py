@@ -19,7 +19,9 @@ def main(path: str) -> int:
     meta["normalization"] = {"method": "percentile", "low": 0.1, "high": 99.9}
     training = dict(meta.get("training", {}))
     if "command" in training:
-        training["command"] = re.sub(r"--data (<Train400 folder>|\S+)", "--data <Train400 folder>", training["command"])
+        training["command"] = re.sub(
+            r"--data (<Train400 folder>|\S+)", "--data <Train400 folder>", training["command"]
+        )
     meta["training"] = training
     model.metadata = meta
     na.save_model(model, path)

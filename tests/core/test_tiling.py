@@ -79,6 +79,39 @@ def test_plan_axis_invariants(length, tile, context, multiple):
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 1000),
+    w=st.integers(1, 1000),
+    tile=st.integers(40, 800),
+    context=st.integers(0, 40),
+    multiple=st.sampled_from([1, 4, 16]),
+)
+def test_plan_tiles_fit_the_area_and_cover_the_plane(h, w, tile, context, multiple):
+    overlap = default_overlap(2 * context + 1, multiple)
+    try:
+        plan = plan_tiles((h, w), tile, overlap, multiple, context)
+    except TileError:
+        assert tile < tile_floor(2 * context + 1, overlap, multiple)
+        return
+    assert plan.exact
+    if h * w > tile * tile:
+        assert all(t.shape[0] * t.shape[1] <= tile * tile for t in plan.tiles)
+    else:
+        assert len(plan) == 1
+    total = np.zeros((h, w))
+    for t in plan.tiles:
+        (ya, yb), (xa, xb) = t.y.support, t.x.support
+        total[ya:yb, xa:xb] += t.y.weights()[:, None] * t.x.weights()[None, :]
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_rectangular_tiles_when_cheaper():
+    # a 1024 x 1024 plane in tiles of at most 752 x 752 pixels: two 1024 x 533 strips, one seam
+    plan = plan_tiles((1024, 1024), 752, 42, 1, 21)
+    assert len(plan) == 2 and plan.tiles[0].shape == (1024, 533)
+
+
 def test_plan_is_economical():
     # 2048 px with 704 px tiles and a 42 px overlap: 4 tiles, ~8 % extra work, not whole tiles
     spans = plan_axis(2048, 704, 42, 1, 21)
@@ -152,7 +185,7 @@ def test_default_tile_size_cpu():
     model = create_model("addunet")
     rf = model_receptive_field(model)
     side = default_tile_size(model, torch.device("cpu"), rf)
-    assert side % 64 == 0 and tile_floor(rf, default_overlap(rf)) <= side <= 2048
+    assert side % 16 == 0 and tile_floor(rf, default_overlap(rf)) <= side <= 2048
     # the tiling overhead on a large image stays small with that tile
     spans = plan_axis(4096, side, default_overlap(rf), 1, rf // 2)
     assert (sum(s.size for s in spans) / 4096) ** 2 < 1.15

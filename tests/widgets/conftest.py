@@ -25,3 +25,87 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         "`xvfb-run -a -s '-screen 0 1280x1024x24' python -m pytest ...`",
         pytrace=False,
     )
+
+
+# -- napari-addunet widgets ---------------------------------------------------------------------
+PLUGIN = "napari-addunet"
+
+
+@pytest.fixture
+def tiny_model():
+    """A 3-level AddUNet of width 4: milliseconds per slice, so widget tests stay fast."""
+    import torch
+
+    from napari_addunet import create_model
+
+    torch.manual_seed(0)
+    return create_model("addunet", width=4, kernels=(3, 3, 3)).eval()
+
+
+@pytest.fixture
+def viewer_session(make_napari_viewer, tiny_model):
+    """A real viewer whose session (shared by the widgets) has the tiny model active."""
+    import napari_addunet
+
+    viewer = make_napari_viewer()
+    state = napari_addunet.session(viewer)
+    state.set_model(tiny_model, "tiny test model")
+    state.device = "cpu"
+    return viewer, state
+
+
+@pytest.fixture
+def add_dock(qtbot):
+    """``add_dock(viewer, "Readout")``: add a plugin widget through the manifest, as the Plugins menu does.
+
+    The Train widget imports torch's lazily loaded training parts in a worker when it opens;
+    this waits for that, so that no import runs on into the next test.
+    """
+
+    def add(viewer, name):
+        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        if hasattr(widget, "ready"):
+            qtbot.waitUntil(lambda: widget.ready, timeout=120_000)
+        return widget
+
+    return add
+
+
+class Heartbeat:
+    """A 20 ms QTimer; ``longest`` is the longest gap between ticks (how long the UI thread was blocked)."""
+
+    def __init__(self):
+        import time
+
+        from qtpy.QtCore import QTimer
+
+        self._clock = time.perf_counter
+        self.ticks = []
+        self.timer = QTimer()
+        self.timer.setInterval(20)
+        self.timer.timeout.connect(lambda: self.ticks.append(self._clock()))
+
+    def __enter__(self):
+        self.start = self._clock()
+        self.ticks = [self.start]
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.stop()
+        self.end = self._clock()
+        self.ticks.append(self.end)
+
+    @property
+    def seconds(self):
+        return self.end - self.start
+
+    @property
+    def longest(self):
+        return max(b - a for a, b in zip(self.ticks[:-1], self.ticks[1:], strict=True))
+
+
+@pytest.fixture
+def heartbeat():
+    """``with heartbeat() as beat: ...``, then ``beat.longest`` is the longest UI stall in seconds."""
+    return Heartbeat

@@ -224,8 +224,9 @@ def iter_denoise(
         Letters from ``TZCYX``, one per dimension (e.g. ``"ZYX"``, ``"YXC"``); None infers
         them (see :func:`~napari_addunet.engine.axes.infer_axes`).
     tile
-        Largest tile side in pixels; None picks it from the model and the device's memory;
-        0 processes whole planes without tiling.
+        Tile size: tiles hold at most ``tile * tile`` pixels (they may be rectangular when
+        that means fewer seams). None picks it from the model and the device's memory; 0
+        processes whole planes without tiling.
     overlap
         Smallest overlap between tiles; None uses twice the model's receptive-field radius,
         which makes the result identical to untiled processing. Smaller values are faster

@@ -23,12 +23,16 @@ multiple, exactly like the untiled image (which the model pads at its far end). 
 pooling models are also reproduced up to float rounding.
 
 Tiles along an axis are evenly spaced and as small as the tile limit allows, so the
-extra work is ``2 * context`` per seam rather than a whole tile.
+extra work is ``2 * context`` per seam rather than a whole tile. The limit is an area
+(``tile * tile`` pixels, what memory depends on); among the layouts within it the one
+with the least total work is used, so a 1024 x 1024 plane with 752 x 752 tiles becomes two
+1024 x 533 strips with one seam instead of four tiles with two.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -39,7 +43,7 @@ import torch
 
 MIN_TILE = 32
 CPU_TILE_BUDGET = 768 * 2**20
-"""Bytes of activations one CPU tile may use (about 700 px side for the default AddUNet)."""
+"""Bytes of activations one CPU tile may use (about 750 x 750 px for the default AddUNet)."""
 MPS_TILE_BUDGET = 1024 * 2**20
 CUDA_FREE_FRACTION = 0.5
 MAX_TILE = {"cpu": 2048, "mps": 2048, "cuda": 4096}
@@ -229,11 +233,49 @@ class TilePlan:
 def plan_tiles(
     shape: Sequence[int], tile: int, overlap: int, multiple: int = 1, context: int | None = None
 ) -> TilePlan:
-    """Tiles of a ``(height, width)`` plane; see :func:`plan_axis` for the parameters."""
-    h, w = int(shape[-2]), int(shape[-1])
-    rows = tuple(plan_axis(h, tile, overlap, multiple, context))
-    cols = tuple(plan_axis(w, tile, overlap, multiple, context))
+    """Tiles of a ``(height, width)`` plane, each holding at most ``tile * tile`` pixels.
+
+    Memory follows a tile's area, so tiles may be rectangular: among the layouts whose
+    tiles fit in ``tile * tile`` pixels, the one computing the fewest pixels in total (the
+    least overlap) wins, ties going to fewer tiles. A plane within that area is one tile.
+    ``tile=0`` never tiles. See :func:`plan_axis` for the other parameters.
+    """
+    return _plan_tiles(
+        int(shape[-2]), int(shape[-1]), int(tile), int(overlap), max(1, int(multiple)), context
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_tiles(h: int, w: int, tile: int, overlap: int, m: int, context: int | None) -> TilePlan:
     ctx = overlap // 2 if context is None else context
+    if tile <= 0 or h * w <= tile * tile:
+        rows, cols = (AxisSpan(0, h, 0, h),), (AxisSpan(0, w, 0, w),)
+        return TilePlan((h, w), rows, cols, True)
+    area = tile * tile
+    ov = _ceil_to(max(overlap, 0), m)
+    slack = m if m > 1 else 0
+    candidates = {tile, h}
+    for n in range(2, min(h, 512) + 1):
+        side = _ceil_to(math.ceil((h + (n - 1) * (ov + slack)) / n), m)
+        if side < ov + slack + m:
+            break
+        candidates.add(side)
+    best: tuple[tuple[int, int], tuple[AxisSpan, ...], tuple[AxisSpan, ...]] | None = None
+    for side in sorted(candidates, reverse=True):
+        if side > area:
+            continue
+        try:
+            rows = tuple(plan_axis(h, side, overlap, m, context))
+            cols = tuple(plan_axis(w, area // max(r.size for r in rows), overlap, m, context))
+        except TileError:
+            continue
+        key = (sum(r.size for r in rows) * sum(c.size for c in cols), len(rows) * len(cols))
+        if best is None or key < best[0]:
+            best = (key, rows, cols)
+    if best is None:
+        plan_axis(max(h, w), tile, overlap, m, context)  # raises the explanatory TileError
+        raise TileError(f"no tiling of a {h} x {w} plane in tiles of {tile} x {tile} px")  # pragma: no cover
+    _, rows, cols = best
     exact = all(
         (a.stop - b.lo >= ctx and b.lo - b.start >= ctx)
         for spans in (rows, cols)
@@ -272,9 +314,10 @@ def default_tile_size(
     """Default tile side for ``model`` on ``device``.
 
     CPU: activations within :data:`CPU_TILE_BUDGET`; CUDA: half of the free memory
-    reported by ``torch.cuda.mem_get_info``; MPS: :data:`MPS_TILE_BUDGET`. The side is a
-    multiple of 64 (and of ``multiple``), at least :func:`tile_floor` and at most
-    :data:`MAX_TILE` for the device type.
+    reported by ``torch.cuda.mem_get_info``; MPS: :data:`MPS_TILE_BUDGET`. Tiles then hold
+    at most ``side * side`` pixels (see :func:`plan_tiles`). The side is a multiple of 16
+    (and of ``multiple``), at least :func:`tile_floor` and at most :data:`MAX_TILE` for the
+    device type.
     """
     kind = device.type
     if kind == "cuda":
@@ -288,7 +331,7 @@ def default_tile_size(
     else:
         budget = CPU_TILE_BUDGET
     side = int(math.sqrt(budget / estimate_bytes_per_pixel(model)))
-    side = min(_floor_to(side, 64), MAX_TILE.get(kind, 2048))
+    side = min(_floor_to(side, 16), MAX_TILE.get(kind, 2048))
     ov = default_overlap(receptive_field, multiple)
     side = max(side, tile_floor(receptive_field, ov, multiple))
     return _ceil_to(side, max(1, multiple))
@@ -357,7 +400,7 @@ class TiledRunner:
     forward
         See :data:`Forward`.
     tile
-        Largest tile side (0: whole planes, no tiling).
+        Tiles hold at most ``tile * tile`` pixels (0: whole planes, no tiling).
     overlap
         Smallest overlap between neighbouring tiles.
     context

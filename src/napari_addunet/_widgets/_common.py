@@ -1,0 +1,183 @@
+"""Small Qt pieces shared by the dock widgets: layer and device choosers, messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy, QWidget
+
+from napari_addunet.engine.devices import available_devices
+
+
+def real_viewer(viewer: Any) -> Any:
+    """The viewer behind napari's plugin proxy (the widgets key shared state by it)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def start_worker(worker: Any, spare: int = 2) -> None:
+    """Start a napari thread worker, keeping threads free in Qt's global thread pool.
+
+    napari's workers run in ``QThreadPool.globalInstance()``, whose size is the number of
+    CPU cores. Qt also uses that pool for short tasks that the UI thread waits for (e.g.
+    scaling an image for a widget). If long workers (training, a big run) hold every
+    thread, the UI thread waits for a free one, freezing the viewer, and deadlocks when a
+    worker needs Python's interpreter lock, which the waiting UI thread holds. So the pool
+    may grow to the running workers plus ``spare``.
+    """
+    from qtpy.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    needed = pool.activeThreadCount() + 1 + spare
+    if pool.maxThreadCount() < needed:
+        pool.setMaxThreadCount(needed)
+    worker.start()
+
+
+def is_deleted(obj: Any) -> bool:
+    """Whether the C++ side of a Qt object is gone (its Python wrapper may outlive it)."""
+    try:
+        from qtpy import sip
+
+        return bool(sip.isdeleted(obj))
+    except ImportError:  # PySide
+        from qtpy import shiboken
+
+        return not shiboken.isValid(obj)
+
+
+def camera_of(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def show_error(message: str) -> None:
+    from napari.utils.notifications import show_error as _show
+
+    _show(message)
+
+
+def show_info(message: str) -> None:
+    from napari.utils.notifications import show_info as _show
+
+    _show(message)
+
+
+def is_image_layer(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image)
+
+
+def status_label() -> QLabel:
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+    return label
+
+
+def set_status(label: QLabel, text: str, error: bool = False) -> None:
+    label.setText(text)
+    label.setStyleSheet("color: #ff6b6b;" if error else "")
+
+
+class LayerCombo(QComboBox):
+    """The viewer's layers of one kind, kept in sync with the layer list (inserts, removals, renames).
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    accept
+        Which layers to list (default: image layers).
+    none_text
+        If given, a first entry meaning "no layer".
+    """
+
+    layer_changed = Signal(object)
+
+    def __init__(
+        self,
+        viewer: Any,
+        accept: Callable[[Any], bool] = is_image_layer,
+        none_text: str | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._accept = accept
+        self._none_text = none_text
+        self._layers: list[Any] = []
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        events.inserted.connect(self._on_inserted)
+        events.removed.connect(self.refresh)
+        events.moved.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.currentIndexChanged.connect(self._emit)
+        self.refresh()
+
+    def _on_inserted(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "value", None) is not None:
+            event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        """Rebuild the entries, keeping the selected layer when it is still there."""
+        current = self.layer()
+        layers = [layer for layer in self.viewer.layers if self._accept(layer)]
+        self.blockSignals(True)
+        self.clear()
+        self._layers = ([None] if self._none_text is not None else []) + layers
+        if self._none_text is not None:
+            self.addItem(self._none_text)
+        for layer in layers:
+            self.addItem(layer.name)
+        if current is not None and current in layers:
+            self.setCurrentIndex(self._layers.index(current))
+        self.blockSignals(False)
+        if self.layer() is not current:
+            self._emit()
+
+    def _emit(self, *_: Any) -> None:
+        self.layer_changed.emit(self.layer())
+
+    def layer(self) -> Any:
+        """The selected layer, or None."""
+        i = self.currentIndex()
+        return self._layers[i] if 0 <= i < len(self._layers) else None
+
+    def set_layer(self, layer: Any) -> None:
+        """Select a layer (object or name)."""
+        if isinstance(layer, str):
+            layer = self.viewer.layers[layer]
+        if layer not in self._layers:
+            raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not offered here")
+        self.setCurrentIndex(self._layers.index(layer))
+
+
+class DeviceCombo(QComboBox):
+    """``auto`` and the devices really present (CUDA devices with their names and memory, MPS, CPU)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.addItem("auto (best available)", "auto")
+        for info in available_devices():
+            self.addItem(info.label, info.name)
+        self.setToolTip(
+            "Where the network runs; 'auto' takes the CUDA device with most free memory, then MPS, then the CPU"
+        )
+
+    def device(self) -> str:
+        return str(self.currentData())
+
+    def set_device(self, name: str) -> None:
+        i = self.findData(name)
+        if i < 0:
+            present = ", ".join(str(self.itemData(k)) for k in range(self.count()))
+            raise ValueError(f"device {name!r} is not present here (present: {present})")
+        self.setCurrentIndex(i)

@@ -1,0 +1,155 @@
+"""Denoising a layer from a widget: checks, the worker, the new layers, the session record.
+
+Shared by **Denoise & classify** (Run) and **Skip gates** (Apply to layer). The work itself
+is :func:`napari_addunet.engine.layer_run.iter_layer_denoise`; this module only reads the
+layer, starts the job and adds its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qtpy.QtCore import QObject
+
+from napari_addunet.engine.axes import AxesError, resolve_axes
+from napari_addunet.engine.checkpoint import CheckpointError
+from napari_addunet.engine.layer_run import LayerError, LayerSnapshot, iter_layer_denoise
+from napari_addunet.session import Session
+
+from ._common import set_status, show_error, show_info
+from ._jobs import JobRunner, Outcome
+
+
+class LayerRun(QObject):
+    """Runs the active model over a layer and adds ``<name> [denoised]`` (and ``[residual]``).
+
+    Attributes
+    ----------
+    runner
+        The :class:`~._jobs.JobRunner` (kind ``"inference"``).
+    last_outcome
+        How the last run ended.
+    added
+        The layers the last run added.
+    """
+
+    def __init__(
+        self, viewer: Any, session: Session, runner: JobRunner, parent: QObject | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = session
+        self.runner = runner
+        self.input_layer: Any = None
+        self.input_removed = False
+        self.last_outcome: Outcome | None = None
+        self.added: list[Any] = []
+        viewer.layers.events.removed.connect(self._on_removed)
+
+    def check(self, layer: Any, axes: str | None) -> LayerSnapshot | None:
+        """Read and check the layer (type, size, axes); show a message and return None if unusable."""
+        if layer is None:
+            show_error("Choose an image layer first (open one, or File > Open Sample > AddUNet Denoising)")
+            return None
+        try:
+            snapshot = LayerSnapshot.from_layer(layer)
+            resolve_axes(tuple(snapshot.data.shape), axes, snapshot.rgb if axes is None else None)
+        except (LayerError, AxesError) as exc:
+            hint = " Type the axes in the Axes box (e.g. ZYX or CYX)." if isinstance(exc, AxesError) else ""
+            show_error(f"{exc}{hint}")
+            return None
+        return snapshot
+
+    def start(
+        self,
+        layer: Any,
+        *,
+        axes: str | None = None,
+        tile: int | None = None,
+        device: str = "auto",
+        gates: Sequence[float] | None = None,
+        classify: bool | None = None,
+        residual: bool = False,
+        on_done: Callable[[Outcome], Any] | None = None,
+    ) -> bool:
+        """Start a run; False (with a message, nothing changed) when it cannot start."""
+        if self.runner.running:
+            show_info(f"{self.runner.description} is still running; wait for it or cancel it")
+            return False
+        snapshot = self.check(layer, axes)
+        if snapshot is None:
+            return False
+        try:
+            model = self.session.ensure_model()
+        except (CheckpointError, OSError) as exc:
+            show_error(f"Could not load the default model: {exc}")
+            return False
+        if classify is True and getattr(model, "head", None) is None:
+            show_error(
+                f"The active model ({model.architecture}) has no classification head, so it cannot "
+                "classify. Untick 'classify', or train a model with a class per layer in the Train widget."
+            )
+            return False
+        label = self.session.model_source or model.architecture
+
+        def factory() -> Any:
+            return iter_layer_denoise(
+                model,
+                snapshot,
+                axes=axes,
+                tile=tile,
+                device=device,
+                gates=gates,
+                classify=classify,
+                residual=residual,
+                cancel=cancel,
+                model_label=label,
+            )
+
+        import threading
+
+        cancel = threading.Event()
+        self.input_layer, self.input_removed, self.added = layer, False, []
+        what = f"Denoising {snapshot.name!r}" + (" with chosen gates" if gates is not None else "")
+        return self.runner.start(
+            factory,
+            what,
+            cancel_event=cancel,
+            on_done=lambda outcome: self._finish(outcome, on_done),
+        )
+
+    def _on_removed(self, event: Any) -> None:
+        if self.runner.running and event.value is self.input_layer:
+            self.input_removed = True
+            self.runner.cancel()
+
+    def _finish(self, outcome: Outcome, on_done: Callable[[Outcome], Any] | None) -> None:
+        self.last_outcome = outcome
+        layer, self.input_layer = self.input_layer, None
+        if outcome.ok and (self.input_removed or layer not in self.viewer.layers):
+            outcome = Outcome("cancelled", seconds=outcome.seconds)
+            self.last_outcome = outcome
+        if self.input_removed or (layer is not None and layer not in self.viewer.layers):
+            message = (
+                f"The layer {getattr(layer, 'name', '?')!r} was removed during the run: the run was "
+                "stopped and nothing was added"
+            )
+            show_info(message)
+            if self.runner.status is not None:
+                set_status(self.runner.status, message)
+        elif outcome.ok:
+            result = outcome.value
+            self.added = [self.viewer.add_image(data, **kwargs) for data, kwargs, _ in result.layers]
+            self.session.record_run(result.record)
+            rec = result.record
+            text = (
+                f"Added {', '.join(rec.output_names)} in {rec.seconds:.2f} s "
+                f"({rec.megapixels_per_second:.2f} megapixels/s on {rec.device})"
+            )
+            if rec.labels:
+                text += f"; class of the first slice: {rec.labels[0]}"
+            if self.runner.status is not None:
+                set_status(self.runner.status, text)
+        if on_done is not None:
+            on_done(outcome)

@@ -1,0 +1,117 @@
+"""Denoising a layer snapshot into new layer data (no napari needed)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_addunet import create_model
+from napari_addunet.engine.inference import InferenceCancelled, denoise
+from napari_addunet.engine.layer_run import (
+    LayerError,
+    LayerSnapshot,
+    iter_layer_denoise,
+    run_layer_denoise,
+)
+from napari_addunet.engine.readout import METADATA_KEY
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return create_model("addunet", width=4, kernels=(3, 3)).eval()
+
+
+def _snapshot(data, **kw):
+    return LayerSnapshot(
+        name="cells", data=data, scale=(2.0, 1.0, 1.0)[-data.ndim :], translate=(0.0,) * data.ndim, **kw
+    )
+
+
+def test_layers_carry_name_geometry_and_record(model):
+    stack = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
+    result = run_layer_denoise(
+        model, _snapshot(stack, axis_labels=("z", "y", "x")), residual=True, device="cpu"
+    )
+    (den, den_kw, kind), (res, res_kw, _) = result.layers
+    assert kind == "image" and den_kw["name"] == "cells [denoised]" and res_kw["name"] == "cells [residual]"
+    assert den_kw["scale"] == (2.0, 1.0, 1.0) and den_kw["axis_labels"] == ("z", "y", "x")
+    np.testing.assert_allclose(den, denoise(model, stack, device="cpu"), rtol=1e-6)
+    np.testing.assert_allclose(res, stack - den, atol=1e-6)
+    record = den_kw["metadata"][METADATA_KEY]
+    assert record["input_name"] == "cells" and record["plane_grid"] == (5,) and record["gates"] is None
+    assert result.record.megapixels == pytest.approx(5 * 32 * 32 / 1e6)
+    assert result.record.sigma_before > 0 and result.record.sigma_after > 0  # an untrained model
+    rows = dict(result.record.rows())
+    assert rows["gates"] == "learned" and rows["axes"] == "ZYX"
+
+
+def test_gates_are_recorded_and_used(model):
+    image = np.random.default_rng(1).random((32, 32)).astype(np.float32)
+    result = run_layer_denoise(model, _snapshot(image), gates=(0.0, 2.0), device="cpu")
+    assert result.record.gates == (0.0, 2.0)
+    np.testing.assert_allclose(
+        result.denoised, denoise(model, image, gates=(0.0, 2.0), device="cpu"), rtol=1e-6
+    )
+    assert result.layers[0][1]["metadata"][METADATA_KEY]["gates"] == (0.0, 2.0)
+
+
+def test_classification_per_plane():
+    torch.manual_seed(0)
+    clf = create_model("addunet", width=4, kernels=(3, 3), num_classes=3).eval()
+    stack = np.random.default_rng(2).random((6, 24, 24)).astype(np.float32)
+    result = run_layer_denoise(clf, _snapshot(stack), device="cpu")
+    assert result.record.probabilities.shape == (6, 3) and len(result.record.labels) == 6
+    assert result.record.class_names == ["class_0", "class_1", "class_2"]
+    off = run_layer_denoise(clf, _snapshot(stack), device="cpu", classify=False)
+    assert off.record.probabilities is None
+
+
+def test_classify_without_head_is_refused_before_any_work(model):
+    gen = iter_layer_denoise(model, _snapshot(np.zeros((8, 8), np.float32)), classify=True)
+    with pytest.raises(LayerError, match="no classification head"):
+        next(gen)
+
+
+def test_cancel_gives_no_result(model):
+    cancel = threading.Event()
+    gen = iter_layer_denoise(
+        model, _snapshot(np.zeros((10, 64, 64), np.float32)), cancel=cancel, device="cpu", tile=32
+    )
+    next(gen)
+    cancel.set()
+    with pytest.raises(InferenceCancelled):
+        for _ in gen:
+            pass
+
+
+class FakeLayer:
+    """Just enough of a napari layer."""
+
+    class Affine:
+        affine_matrix = np.eye(3)
+
+    def __init__(self, data, cls_name="Image", multiscale=False):
+        self.__class__ = type(cls_name, (FakeLayer,), {})
+        self.name, self.data, self.multiscale, self.rgb = "fake", data, multiscale, False
+        self.scale, self.translate, self.rotate, self.shear = (1.0, 1.0), (0.0, 0.0), np.eye(2), np.zeros(1)
+        self.affine, self.axis_labels, self.units, self.contrast_limits = (
+            self.Affine(),
+            ("y", "x"),
+            None,
+            (0.0, 1.0),
+        )
+
+
+def test_snapshot_checks_the_layer():
+    snap = LayerSnapshot.from_layer(FakeLayer(np.zeros((4, 4))))
+    assert snap.geometry()["axis_labels"] == ("y", "x")
+    with pytest.raises(LayerError, match="Labels layer"):
+        LayerSnapshot.from_layer(FakeLayer(np.zeros((4, 4)), "Labels"))
+    with pytest.raises(LayerError, match="empty"):
+        LayerSnapshot.from_layer(FakeLayer(np.zeros((0, 4))))
+    with pytest.raises(LayerError, match="multiscale"):
+        LayerSnapshot.from_layer(FakeLayer(np.zeros((4, 4)), multiscale=True))

@@ -1,0 +1,61 @@
+"""The blind noise estimate (median absolute Haar diagonal coefficient)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from napari_addunet._sample_data import make_noisy_camera, make_noisy_stack
+from napari_addunet.engine.noise_estimate import estimate_sigma, estimate_sigma_planes, plane_sigma
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.05, 0.2])
+def test_white_noise_is_measured(sigma):
+    rng = np.random.default_rng(0)
+    noisy = 0.5 + sigma * rng.standard_normal((256, 256))
+    assert plane_sigma(noisy) == pytest.approx(sigma, rel=0.05)
+
+
+def test_smooth_content_hardly_matters():
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:256, :256]
+    ramp = (xx + 2 * yy) / 768.0 + 0.2 * np.sin(xx / 20.0)
+    assert plane_sigma(ramp + 0.05 * rng.standard_normal(ramp.shape)) == pytest.approx(0.05, rel=0.06)
+    assert plane_sigma(ramp) < 0.005
+
+
+def test_camera_sample_in_its_own_units():
+    noisy, clean = make_noisy_camera()
+    assert estimate_sigma(noisy) == pytest.approx(25 / 255, rel=0.1)
+    assert estimate_sigma(clean) < 0.3 * 25 / 255
+    # units follow the data: the same image on [0, 255]
+    assert estimate_sigma(noisy * 255) == pytest.approx(estimate_sigma(noisy) * 255, rel=1e-6)
+
+
+def test_stack_rgb_and_axes():
+    noisy, _ = make_noisy_stack(shape=(8, 64, 64))
+    per_plane = estimate_sigma_planes(noisy)
+    assert per_plane.shape == (8,)
+    assert estimate_sigma(noisy) == pytest.approx(np.median(per_plane))
+    rng = np.random.default_rng(2)
+    rgb = 0.5 + 0.1 * rng.standard_normal((64, 64, 3))
+    assert estimate_sigma(rgb, rgb=True) == pytest.approx(0.1, rel=0.1)
+    assert estimate_sigma(np.moveaxis(rgb, -1, 0), axes="CYX") == pytest.approx(0.1, rel=0.1)
+    # X before Y is read in the right orientation
+    assert estimate_sigma(rgb[..., 0].T, axes="XY") == pytest.approx(plane_sigma(rgb[..., 0]))
+
+
+def test_large_stacks_are_sampled():
+    stack = np.random.default_rng(3).standard_normal((100, 16, 16))
+    assert estimate_sigma_planes(stack).shape == (32,)
+
+
+def test_degenerate_input():
+    assert math.isnan(plane_sigma(np.ones((1, 10))))
+    assert math.isnan(estimate_sigma(np.full((8, 8), np.nan)))
+    with pytest.raises(ValueError, match="empty"):
+        estimate_sigma(np.zeros((0, 8)))
+    with pytest.raises(ValueError, match="2-D"):
+        plane_sigma(np.zeros((2, 4, 4)))

@@ -1,0 +1,249 @@
+"""Denoise & classify in a real viewer: new layers, geometry, cancel, bad input, a responsive UI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_addunet.engine.readout import METADATA_KEY
+
+WIDGET = "Denoise & classify"
+
+
+def _wait(qtbot, widget, timeout=30_000):
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
+
+
+def _noisy(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return (0.5 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def test_denoise_2d_adds_denoised_and_residual(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    image = viewer.add_image(_noisy((64, 80)), name="cells", scale=(0.5, 0.25), translate=(3.0, -2.0))
+    before = image.data.copy()
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    widget.residual_check.setChecked(True)
+    assert widget.axes_label.text().startswith("YX")
+
+    assert widget.run()
+    _wait(qtbot, widget)
+
+    assert widget.run_control.last_outcome.ok
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["cells", "cells [denoised]", "cells [residual]"]
+    denoised, residual = viewer.layers["cells [denoised]"], viewer.layers["cells [residual]"]
+    for out in (denoised, residual):
+        assert out.data.shape == image.data.shape
+        np.testing.assert_allclose(out.scale, image.scale)
+        np.testing.assert_allclose(out.translate, image.translate)
+        np.testing.assert_allclose(out.affine.affine_matrix, image.affine.affine_matrix)
+    np.testing.assert_allclose(residual.data, image.data - denoised.data, atol=1e-6)
+    np.testing.assert_array_equal(image.data, before)  # the input is never changed
+    record = denoised.metadata[METADATA_KEY]
+    assert record["input_name"] == "cells" and record["axes"] == "YX"
+    assert state.last_run.output_names == ["cells [denoised]", "cells [residual]"]
+    assert state.last_run.megapixels_per_second > 0
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_denoise_3d_stack_keeps_geometry_and_labels(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    stack = viewer.add_image(
+        _noisy((6, 48, 40)), name="stack", scale=(2.0, 0.5, 0.5), axis_labels=("z", "y", "x")
+    )
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    from napari.utils import progress
+    from qtpy.QtCore import QTimer
+
+    steps, in_dock = [], set()
+    widget.runner.event.connect(lambda p: steps.append((p.done, p.total)))
+    watch = QTimer()
+    watch.timeout.connect(lambda: in_dock.update(bar.desc for bar in progress._all_instances))
+    watch.start(5)
+
+    assert widget.run()
+    _wait(qtbot, widget)
+    # the run showed in napari's activity dock (with a cancel button), and its bar is gone afterwards
+    qtbot.waitUntil(lambda: not progress._all_instances, timeout=5_000)
+    watch.stop()
+    assert any("stack" in desc or "denoising" in desc for desc in in_dock), in_dock
+
+    out = viewer.layers["stack [denoised]"]
+    assert out.data.shape == (6, 48, 40)
+    np.testing.assert_allclose(out.scale, (2.0, 0.5, 0.5))
+    assert tuple(out.axis_labels) == ("z", "y", "x")
+    assert state.last_run.axes == "ZYX" and state.last_run.plane_grid == (6,)
+    # the progress bar moved slice by slice (one tile per slice here)
+    tile_steps = [d for d, t in steps if t == 6]
+    assert tile_steps[-1] == 6 and len(set(tile_steps)) >= 6
+
+
+def test_cancel_mid_run_leaves_no_layer(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    stack = viewer.add_image(_noisy((60, 96, 96)), name="long")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    widget.tile_spin.setValue(64)  # several tiles per slice: cancel lands between tiles
+    widget.runner.event.connect(lambda p: p.done >= 2 and widget.cancel_button.click())
+
+    assert widget.run()
+    _wait(qtbot, widget)
+
+    assert widget.run_control.last_outcome.status == "cancelled"
+    assert [layer.name for layer in viewer.layers] == ["long"]
+    assert "cancelled" in widget.status.text()
+    assert widget.run_button.isEnabled()
+
+
+def test_layer_removed_during_run(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    stack = viewer.add_image(_noisy((60, 96, 96)), name="doomed")
+    keep = viewer.add_image(_noisy((32, 32)), name="keep")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    removed = []
+
+    def remove_once(progress):
+        if progress.done >= 1 and not removed:
+            removed.append(True)
+            viewer.layers.remove(stack)
+
+    widget.runner.event.connect(remove_once)
+    assert widget.run()
+    _wait(qtbot, widget)
+
+    assert [layer.name for layer in viewer.layers] == ["keep"]
+    assert "removed during the run" in widget.status.text()
+    assert state.last_run is None
+    # usable again afterwards
+    widget.layer_combo.set_layer(keep)
+    assert widget.run()
+    _wait(qtbot, widget)
+    assert "keep [denoised]" in [layer.name for layer in viewer.layers]
+
+
+def test_second_run_while_running_is_refused(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    stack = viewer.add_image(_noisy((40, 96, 96)), name="busy")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    assert widget.run()
+    assert not widget.run()  # refused, not queued or interleaved
+    assert not widget.run_button.isEnabled()
+    _wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["busy", "busy [denoised]"]
+
+
+@pytest.mark.parametrize("kind", ["labels", "points"])
+def test_wrong_layer_type_is_refused(viewer_session, add_dock, kind):
+    viewer, state = viewer_session
+    layer = (
+        viewer.add_labels(np.zeros((32, 32), dtype=np.uint8), name="mask")
+        if kind == "labels"
+        else viewer.add_points(np.zeros((3, 2)), name="spots")
+    )
+    widget = add_dock(viewer, WIDGET)
+    assert widget.layer_combo.count() == 0  # only image layers are offered
+    assert not widget.run_control.start(layer)
+    assert len(viewer.layers) == 1 and state.last_run is None
+
+
+def test_empty_layer_is_refused(viewer_session, add_dock):
+    import warnings
+
+    viewer, state = viewer_session
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # napari's own, for a layer without pixels
+        empty = viewer.add_image(np.zeros((0, 16, 16), np.float32), contrast_limits=(0, 1), name="empty")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(empty)
+    assert not widget.run()
+    assert [layer.name for layer in viewer.layers] == ["empty"] and state.last_run is None
+
+
+def test_ambiguous_axes_need_an_override(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    layer = viewer.add_image(_noisy((3, 40, 40)), name="three")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(layer)
+    assert "cannot tell" in widget.axes_label.text()
+    assert not widget.run()
+    widget.axes_edit.setText("ZYX")
+    assert widget.run()
+    _wait(qtbot, widget)
+    assert viewer.layers["three [denoised]"].data.shape == (3, 40, 40)
+
+
+def test_classify_without_head_is_refused(viewer_session, add_dock):
+    viewer, state = viewer_session
+    layer = viewer.add_image(_noisy((32, 32)), name="img")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(layer)
+    assert not widget.classify_check.isChecked()  # the tiny model has no head
+    widget.classify_check.setChecked(True)
+    assert not widget.run()
+    assert len(viewer.layers) == 1 and state.last_run is None
+
+
+def test_bad_checkpoint_leaves_active_model(viewer_session, add_dock, tmp_path):
+    viewer, state = viewer_session
+    widget = add_dock(viewer, WIDGET)
+    before = state.model
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint at all")
+    assert not widget.load_model(broken)
+    assert state.model is before
+    assert "Could not load" in widget.status.text()
+    assert not widget.load_model(tmp_path / "missing.safetensors")
+    assert state.model is before
+    # a bundled model by name loads and becomes active everywhere
+    assert widget.load_model("addunet-gray-blind")
+    assert state.model is not before and state.model_source == "bundled addunet-gray-blind"
+
+
+def test_ui_stays_responsive_during_a_run(viewer_session, add_dock, qtbot, heartbeat):
+    """A QTimer heartbeat: the event loop never stalls for more than 0.5 s while the worker runs."""
+    import torch
+
+    from napari_addunet import create_model
+
+    viewer, state = viewer_session
+    torch.manual_seed(0)
+    state.set_model(create_model("addunet", width=16, kernels=(5, 5, 3)).eval(), "a slower model")
+    stack = viewer.add_image(_noisy((24, 128, 128)), name="heartbeat")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    with heartbeat() as beat:
+        assert widget.run()
+        _wait(qtbot, widget)
+    assert beat.seconds > 0.3, "the run was too short to measure responsiveness"
+    assert beat.longest < 0.5, f"the UI was blocked for {beat.longest:.2f} s"
+    assert "heartbeat [denoised]" in [layer.name for layer in viewer.layers]
+
+
+def test_closing_the_widget_mid_run_stops_it_and_frees_the_viewer(viewer_session, add_dock, qtbot):
+    from qtpy.QtCore import QThreadPool
+
+    viewer, state = viewer_session
+    stack = viewer.add_image(_noisy((60, 96, 96)), name="closing")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    widget.tile_spin.setValue(64)
+    assert widget.run()
+    assert "inference" in state.jobs
+    viewer.window.remove_dock_widget(widget)
+    widget.deleteLater()  # the widget is gone (napari only un-docks it)
+    qtbot.waitUntil(lambda: "inference" not in state.jobs, timeout=10_000)
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=30_000)
+    assert [layer.name for layer in viewer.layers] == ["closing"]
+    # another widget can run at once
+    again = add_dock(viewer, WIDGET)
+    again.layer_combo.set_layer(stack)
+    again.tile_spin.setValue(0)
+    assert again.run()
+    _wait(qtbot, again)
+    assert "closing [denoised]" in [layer.name for layer in viewer.layers]

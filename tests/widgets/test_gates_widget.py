@@ -1,0 +1,168 @@
+"""Skip gates in a real viewer: sliders, a live preview updated in place, Apply, Sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_addunet.engine.readout import METADATA_KEY
+
+WIDGET = "Skip gates"
+
+
+def _image(shape=(72, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
+    clean = (0.5 + 0.4 * np.sin(xx / 5.0) * np.cos(yy / 7.0)).astype(np.float32)
+    clean = np.broadcast_to(clean, shape).copy()
+    return (clean + 0.1 * rng.standard_normal(shape)).astype(np.float32), clean
+
+
+def _preview_settled(widget):
+    return lambda: not widget.preview_busy
+
+
+def test_sliders_follow_the_active_model(viewer_session, add_dock):
+    viewer, state = viewer_session
+    widget = add_dock(viewer, WIDGET)
+    learned = state.model.gates
+    assert len(widget.sliders) == 3
+    for slider, alpha in zip(widget.sliders, learned, strict=True):
+        assert slider.value() == pytest.approx(alpha, abs=1e-3)
+        assert slider.maximum() == pytest.approx(max(2 * alpha, 1.0))
+        assert slider.minimum() == 0.0
+    # a gate learned at 0 still gets a range
+    state.model.set_gates([0.0, 1.0, 1.0])
+    state.set_model(state.model, "gates edited")
+    assert widget.sliders[0].maximum() == pytest.approx(1.0)
+    # a model without gates: no sliders, a clear message
+    from napari_addunet import create_model
+
+    state.set_model(create_model("dncnn", depth=3, width=4), "a DnCNN")
+    assert widget.sliders == [] and "no skip gates" in widget.model_label.text()
+    assert not widget.apply_button.isEnabled()
+
+
+def test_gate_change_updates_the_preview_layer_in_place(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    noisy, _ = _image()
+    image = viewer.add_image(noisy, name="noisy", scale=(0.5, 0.5))
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    preview = widget.preview_layer
+    assert preview.name == "noisy [gate preview]"
+    np.testing.assert_allclose(preview.scale, image.scale)
+    first = preview.data.copy()
+    assert first.shape == noisy.shape
+    assert widget.last_frame.encode_seconds is not None  # the encoder ran once
+
+    # the shallowest gate to 0: only the decoder runs (one level), the same layer changes
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        widget.sliders[0].setValue(0.0)
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert widget.preview_layer is preview
+    assert [layer.name for layer in viewer.layers] == ["noisy", "noisy [gate preview]"]
+    assert widget.last_frame.encode_seconds is None and widget.last_frame.levels == 1
+    change = np.abs(preview.data - first).mean()
+    assert change > 1e-3 * np.abs(first).mean(), f"gate 0 at 0 changed the preview by only {change:g}"
+    assert state.gates[0] == 0.0
+    assert widget.last_latency is not None and widget.last_latency < 5.0
+    np.testing.assert_array_equal(image.data, noisy)  # the input is untouched
+
+    # Reset goes back to the learned gates and the learned output
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        widget.reset()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    np.testing.assert_allclose(preview.data, first, rtol=1e-5, atol=1e-6)
+
+
+def test_newer_moves_supersede_older_ones(viewer_session, add_dock, qtbot, heartbeat):
+    viewer, _ = viewer_session
+    noisy, _ = _image()
+    image = viewer.add_image(noisy, name="noisy")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    frames = []
+    widget.preview_updated.connect(frames.append)
+    for value in np.linspace(0.0, 1.5, 12):  # a drag: many moves in quick succession
+        widget.sliders[1].setValue(float(value))
+        widget.request_preview()
+    with heartbeat() as beat:
+        qtbot.waitUntil(lambda: bool(frames) and not widget.preview_busy, timeout=20_000)
+    assert beat.longest < 0.5, f"the UI was blocked for {beat.longest:.2f} s while previewing"
+    assert len(frames) < 12  # superseded requests were never shown
+    assert frames[-1].gates[1] == pytest.approx(1.5)
+
+
+def test_preview_of_a_stack_follows_the_slice(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    noisy, _ = _image((5, 40, 48))
+    noisy[3] += 0.5
+    stack = viewer.add_image(noisy, name="stack", scale=(3.0, 1.0, 1.0))
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    viewer.dims.set_current_step(0, 3)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    preview = widget.preview_layer
+    assert preview.data.shape == (1, 40, 48)
+    assert widget.last_frame.position == {"Z": 3}
+    np.testing.assert_allclose(preview.translate, (9.0, 0.0, 0.0))  # over slice 3 in world units
+    # moving the dims slider re-encodes the new slice into the same layer
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        viewer.dims.set_current_step(0, 1)
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert widget.preview_layer is preview
+    np.testing.assert_allclose(preview.translate, (3.0, 0.0, 0.0))
+    assert widget.last_frame.position == {"Z": 1} and widget.last_frame.encode_seconds is not None
+
+
+def test_apply_to_layer_records_the_gates(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    noisy, _ = _image()
+    image = viewer.add_image(noisy, name="noisy")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    widget.live_check.setChecked(False)
+    widget.set_gates([0.5, 0.0, 1.25])
+    assert widget.apply()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=20_000)
+    out = viewer.layers["noisy [denoised]"]
+    assert out.metadata[METADATA_KEY]["gates"] == pytest.approx((0.5, 0.0, 1.25))
+    assert state.last_run.gates == pytest.approx((0.5, 0.0, 1.25))
+    # the model's own gates are unchanged
+    assert state.model.gates == pytest.approx(widget.learned)
+    # the same as the engine with those gates
+    from napari_addunet.engine.inference import denoise
+
+    expected = denoise(state.model, noisy, gates=(0.5, 0.0, 1.25), device="cpu")
+    np.testing.assert_allclose(out.data, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sweep_plots_psnr_and_ssim(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    noisy, clean = _image()
+    viewer.add_image(clean, name="clean")
+    image = viewer.add_image(noisy, name="noisy")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    widget.live_check.setChecked(False)
+    assert not widget.sweep()  # no reference chosen yet
+    widget.reference_combo.set_layer("clean")
+    widget.sweep_gate_combo.setCurrentIndex(0)
+    widget.sweep_steps.setValue(5)
+    assert widget.sweep()
+    qtbot.waitUntil(lambda: not widget.sweep_runner.running, timeout=20_000)
+    result = state.sweep
+    assert result is not None and result.gate == 0
+    assert result.values.tolist() == pytest.approx(np.linspace(0, widget.sweep_to.value(), 5).tolist())
+    assert np.all(np.isfinite(result.psnr)) and np.all((result.ssim > -1) & (result.ssim <= 1))
+    assert np.ptp(result.psnr) > 0  # the gate matters
+    lines = widget.sweep_canvas.axes[0].get_lines()
+    assert lines[0].get_ydata().tolist() == pytest.approx(result.psnr.tolist())
+    assert "best PSNR" in widget.status.text()

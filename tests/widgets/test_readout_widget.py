@@ -1,0 +1,99 @@
+"""Readout in a real viewer: model report, PSNR against a reference, probabilities following the slider."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from napari_addunet.engine.readout import METADATA_KEY, compare
+
+
+def _pair(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
+    clean = np.broadcast_to((0.5 + 0.3 * np.sin(xx / 6.0 + yy / 9.0)).astype(np.float32), shape).copy()
+    return (clean + 0.08 * rng.standard_normal(shape)).astype(np.float32), clean
+
+
+def test_readout_shows_psnr_against_a_reference(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    noisy, clean = _pair((64, 64))
+    viewer.add_image(clean, name="clean")
+    viewer.add_image(noisy, name="noisy")
+    readout = add_dock(viewer, "Readout")
+    denoiser = add_dock(viewer, "Denoise & classify")
+    assert "addunet" in readout.text.toPlainText() and "tiny test model" in readout.text.toPlainText()
+
+    denoiser.layer_combo.set_layer("noisy")
+    assert denoiser.run()
+    qtbot.waitUntil(lambda: not denoiser.runner.running, timeout=20_000)
+    # the new output is offered at once, and the last run is in the report
+    assert readout.layer_combo.layer().name == "noisy [denoised]"
+    text = readout.text.toPlainText()
+    assert "last run" in text and "megapixels per second" in text and "noise sigma before" in text
+
+    readout.reference_combo.set_layer("clean")
+    assert readout.compare()
+    qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
+    expected = compare(viewer.layers["noisy [denoised]"].data, clean)
+    assert readout.quality["psnr"] == pytest.approx(expected.psnr)
+    assert readout.quality["ssim"] == pytest.approx(expected.ssim)
+    assert f"PSNR {expected.psnr:.2f} dB" in readout.quality_label.text()
+    assert "PSNR (dB)" in readout.text.toPlainText()
+
+    rows = list(csv.reader(io.StringIO(readout.copy_csv())))
+    assert rows[0] == ["section", "item", "value"]
+    assert ["quality", "reference", "clean"] in rows
+    from qtpy.QtWidgets import QApplication
+
+    assert QApplication.clipboard().text().startswith("section,item,value")
+    assert readout.copy_text().startswith("model")
+
+
+def test_compare_refuses_layers_of_different_shapes(viewer_session, add_dock):
+    viewer, _ = viewer_session
+    viewer.add_image(np.zeros((32, 32), np.float32), name="a")
+    viewer.add_image(np.zeros((16, 16), np.float32), name="b")
+    readout = add_dock(viewer, "Readout")
+    readout.layer_combo.set_layer("a")
+    readout.reference_combo.set_layer("b")
+    assert not readout.compare()
+    assert readout.quality is None
+
+
+def test_class_probabilities_follow_the_dims_slider(viewer_session, add_dock, qtbot):
+    import torch
+
+    from napari_addunet import create_model
+
+    viewer, state = viewer_session
+    torch.manual_seed(1)
+    model = create_model("addunet", width=4, kernels=(3, 3), num_classes=3).eval()
+    model.metadata["class_names"] = ["empty", "dim", "bright"]
+    state.set_model(model, "a classifier")
+    stack, _ = _pair((5, 40, 40))
+    stack *= np.array([0.2, 1.0, 3.0, 6.0, 9.0], np.float32)[:, None, None]
+    viewer.add_image(stack, name="stack")
+    readout = add_dock(viewer, "Readout")
+    denoiser = add_dock(viewer, "Denoise & classify")
+    assert denoiser.classify_check.isChecked()
+    denoiser.layer_combo.set_layer("stack")
+    assert denoiser.run()
+    qtbot.waitUntil(lambda: not denoiser.runner.running, timeout=20_000)
+
+    out = viewer.layers["stack [denoised]"]
+    probs = np.asarray(out.metadata[METADATA_KEY]["probabilities"])
+    assert probs.shape == (5, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert not np.allclose(probs[0], probs[4])
+    for z in (0, 4, 1):
+        viewer.dims.set_current_step(0, z)
+        p = readout.probabilities
+        assert p.label == f"z={z}" and p.names == ["empty", "dim", "bright"]
+        np.testing.assert_allclose(p.values, probs[z], rtol=1e-6)
+        widths = [bar.get_width() for bar in readout._bars[1]]
+        np.testing.assert_allclose(widths, probs[z], rtol=1e-6)
+        assert f"z={z}" in readout.prob_label.text()
+    assert "class probabilities" in readout.copy_text()

@@ -1,0 +1,171 @@
+"""Train in a real viewer: a short run from layers completes, can be stopped, and its model becomes active."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_addunet.engine.training_events import StepDone
+
+WIDGET = "Train"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models train faster on one thread (and do not fight other processes for cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _layers(viewer, n=2, shape=(48, 48)):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        viewer.add_image(rng.random(shape).astype(np.float32), name=f"img{i}")
+
+
+def _tiny_settings(widget, epochs=2, steps=3):
+    widget.arch_combo.setCurrentIndex(widget.arch_combo.findData("addunet"))
+    widget.arch_form.set_values(width=4, kernels=(3, 3))
+    widget.train_form.set_values(epochs=epochs, steps_per_epoch=steps, batch_size=2, patch_size=16)
+    widget.more_form.set_values(val_patches=4, warmup_steps=0)
+    widget.device_combo.set_device("cpu")
+
+
+def test_forms_come_from_the_registry(viewer_session, add_dock):
+    from napari_addunet import get_config_class, list_models
+
+    viewer, _ = viewer_session
+    widget = add_dock(viewer, WIDGET)
+    assert [widget.arch_combo.itemData(i) for i in range(widget.arch_combo.count())] == list_models()
+    for name in ("addunet", "dncnn"):
+        widget.arch_combo.setCurrentIndex(widget.arch_combo.findData(name))
+        rows = {r["name"]: r for r in get_config_class(name).describe()}
+        shown = set(widget.arch_form.editors)
+        assert shown == set(rows) - {"in_channels", "out_channels", "num_classes"}
+        for field, editor in widget.arch_form.editors.items():
+            if rows[field]["type"] == "int" and "le" in rows[field]:
+                assert editor.maximum() == rows[field]["le"]
+    assert widget.train_form.editors["sigma_max"].maximum() == 255.0
+    # the device list is what is present ('auto' first, then at least the CPU)
+    devices = [widget.device_combo.itemData(i) for i in range(widget.device_combo.count())]
+    assert devices[0] == "auto" and "cpu" in devices
+
+
+def test_short_training_run_completes_and_becomes_active(
+    viewer_session, add_dock, qtbot, tmp_path, heartbeat
+):
+    viewer, state = viewer_session
+    _layers(viewer)
+    widget = add_dock(viewer, WIDGET)
+    gates = add_dock(viewer, "Skip gates")
+    assert len(gates.sliders) == 3  # the tiny model's
+    _tiny_settings(widget)
+    widget.table.set_row("img0")
+    widget.table.set_row("img1")
+    before = state.model
+    assert widget.ready  # torch's lazy imports are done when the widget opens, not at Start
+
+    with heartbeat() as beat:
+        assert widget.start()
+        assert not widget.start()  # a second start is refused while training runs
+        qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    assert beat.longest < 0.5, f"the UI was blocked for {beat.longest:.2f} s during training"
+
+    result = widget.result
+    assert result.reason == "completed" and result.step == 6
+    assert state.model is result.model and state.model is not before
+    assert state.model_source.startswith("trained in this session")
+    assert state.training is result and len(widget.history) == 2
+    assert widget.history[-1]["val_psnr"] is not None  # one layer held out for validation
+    assert len(gates.sliders) == 2  # the other widgets follow the active model
+    assert widget.canvas.axes[0].get_lines() and widget.canvas.axes[1].get_lines()
+    meta = state.model.metadata["training"]
+    assert meta["data"]["train"]["names"] + meta["data"]["validation"]["names"] in (
+        ["img0", "img1"],
+        ["img1", "img0"],
+    )
+
+    path = tmp_path / "trained.safetensors"
+    assert widget.save_model(path)
+    from napari_addunet import load_model
+
+    loaded = load_model(path)
+    assert loaded.gates == pytest.approx(state.model.gates)
+
+
+def test_training_can_be_stopped(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    _layers(viewer)
+    widget = add_dock(viewer, WIDGET)
+    _tiny_settings(widget, epochs=200, steps=5)
+    widget.table.set_row("img0")
+    widget.table.set_row("img1")
+
+    clicked = []
+
+    def stop_early(event):
+        if isinstance(event, StepDone) and event.step >= 3 and not clicked:
+            clicked.append(time.perf_counter())
+            widget.stop_button.click()
+
+    widget.runner.event.connect(stop_early)
+    assert widget.start()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+
+    # stopped long before the 1000 planned steps, within moments of the click (the loop
+    # finishes the step in progress; the steps already queued for display are a few more)
+    assert widget.result.reason == "stopped"
+    assert 3 <= widget.result.step < 200
+    assert time.perf_counter() - clicked[0] < 5
+    assert state.model is widget.result.model
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
+def test_joint_training_with_a_class_per_layer(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    _layers(viewer, n=4)
+    widget = add_dock(viewer, WIDGET)
+    _tiny_settings(widget, epochs=1, steps=2)
+    widget.train_form.set_values(lambda_cls=1.0)
+    for i, cls in enumerate(["round", "long", "round", "long"]):
+        widget.table.set_row(f"img{i}", cls=cls)
+    assert widget.start()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    assert widget.result is not None, widget.status.text()
+    assert state.model.num_classes == 2
+    assert state.model.class_names == ["long", "round"]
+
+
+def test_bad_input_is_refused_with_a_message(viewer_session, add_dock):
+    viewer, state = viewer_session
+    _layers(viewer)
+    widget = add_dock(viewer, WIDGET)
+    _tiny_settings(widget)
+    assert not widget.start()  # nothing ticked
+    widget.table.set_row("img0")
+    widget.kind_combo.setCurrentIndex(widget.kind_combo.findData("pairs"))
+    assert not widget.start()  # pairs without a target
+    widget.kind_combo.setCurrentIndex(widget.kind_combo.findData("clean"))
+    widget.arch_form.set_values(kernels="3,4")
+    assert not widget.start()  # even kernel size: the config's own check
+    assert not widget.runner.running and state.training is None
+
+
+def test_a_failing_run_reports_the_engine_message(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    _layers(viewer, shape=(12, 12))
+    widget = add_dock(viewer, WIDGET)
+    _tiny_settings(widget)
+    widget.table.set_row("img0")
+    before = state.model
+    assert widget.start()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    assert "smaller than the 16x16 patch" in widget.status.text()
+    assert state.model is before
+    assert widget.start_button.isEnabled()  # usable again
