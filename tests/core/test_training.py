@@ -25,14 +25,7 @@ from napari_addunet.engine.training_events import (
 )
 from napari_addunet.engine.training_state import TrainingStateError, load_state, state_path_for
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and on a busy machine far more predictably."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def crops() -> list[np.ndarray]:

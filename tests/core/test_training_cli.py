@@ -16,13 +16,7 @@ import napari_addunet as na
 from napari_addunet import cli, cli_training
 from napari_addunet.cli_training import parse_sigma, parse_sigmas
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
