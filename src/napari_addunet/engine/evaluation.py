@@ -261,3 +261,35 @@ def evaluate(
             if progress is not None:
                 progress(EvaluationProgress(done, total, img_name, s))
     return EvaluationReport(model=name, rows=rows, sigmas=sig, images=[n for n, _ in data])
+
+
+# -- the bundled models' self-check -----------------------------------------------------------------
+SELF_CHECK_SIGMAS = (15.0, 25.0, 50.0)
+
+
+def self_check_image() -> np.ndarray:
+    """The self-check image: the central 128 x 128 crop of scikit-image's camera (uint8)."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.camera()[192:320, 192:320])
+
+
+def self_check(model: Any, sigmas: Sequence[float] = SELF_CHECK_SIGMAS) -> dict[str, dict[str, float]]:
+    """Protocol PSNR of ``model`` and of its noisy input on :func:`self_check_image`.
+
+    Stored in a bundled model's metadata (``self_check``) when it is made, and recomputed by
+    the tests, so that a damaged or replaced weight file cannot land unnoticed.
+
+    Returns
+    -------
+    dict
+        ``{"15": {"psnr": ..., "input_psnr": ...}, ...}``, keyed by sigma.
+    """
+    report = evaluate(model, {"camera-crop": self_check_image()}, sigmas, device="cpu")
+    return {
+        _sigma_key(s): {
+            "psnr": round(report.mean(s)["psnr"], 4),
+            "input_psnr": round(report.mean(s)["input_psnr"], 4),
+        }
+        for s in report.sigmas
+    }
