@@ -189,3 +189,21 @@ def test_wheel_carries_manifest_and_entry_points(wheel: Path):
     assert f"{DIST} = {PACKAGE}:napari.yaml" in entry_points
     assert f"{DIST} = {PACKAGE}.cli:main" in entry_points
     assert not any(n.startswith(("tests/", "src/")) for n in names)
+
+
+def test_wheel_carries_every_bundled_model_and_no_dataset(wheel: Path, repo_root: Path):
+    weights = sorted(p.name for p in (repo_root / "src" / PACKAGE / "weights").glob("*.safetensors"))
+    assert "addunet-gray-blind.safetensors" in weights
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        shipped = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith(f"{PACKAGE}/weights/"))
+        assert shipped == weights
+        for name in weights:
+            source = (repo_root / "src" / PACKAGE / "weights" / name).read_bytes()
+            assert archive.read(f"{PACKAGE}/weights/{name}") == source
+    # the training and test images are never shipped (their licences do not allow it)
+    lowered = [n.lower() for n in names]
+    assert not [
+        n for n in lowered if any(k in n for k in ("train400", "bsd68", "set12", "idx3-ubyte", "idx1-ubyte"))
+    ]
+    assert not [n for n in lowered if n.endswith((".png", ".jpg", ".tif", ".tiff", ".gz"))]
