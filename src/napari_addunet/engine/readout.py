@@ -113,8 +113,9 @@ def model_info(model: Any, source: str = "") -> ModelInfo:
     training = meta.get("training") or {}
     if not isinstance(training, Mapping):
         training = {"note": training}
-    data = training.get("data")
-    noise = training.get("noise")
+    # a written description (bundled models) reads better than the engine's record of sizes
+    data = training.get("data_description") or training.get("data")
+    noise = training.get("noise_description") or training.get("noise")
     if isinstance(data, Mapping) and "train" in data:
         data = data["train"]
     gates = tuple(float(g) for g in model.gates) if hasattr(model, "gates") else None

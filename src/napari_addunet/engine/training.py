@@ -8,10 +8,13 @@ the step in progress, writes the training state and makes sure the output holds 
 model. :func:`train` drives the generator to the end and returns a
 :class:`TrainingResult`.
 
-Objective: ``L = L_den + lambda * L_cls``. ``L_den`` is the MSE (or L1) between output and
-target: the clean patch (supervised, synthetic noise), the other image of a pair, or, for
-blind-spot training on noisy images alone, the original values at the masked pixels only.
-``L_cls`` is the cross-entropy of the classification head.
+Objective: ``L = w * L_den + lambda * L_cls`` (``w``: ``denoise_weight``, 1 by default;
+``lambda``: ``lambda_cls``). ``L_den`` is the MSE (or L1) between output and target: the
+clean patch (supervised, synthetic noise), the other image of a pair, or, for blind-spot
+training on noisy images alone, the original values at the masked pixels only. ``L_cls`` is
+the cross-entropy of the classification head. With ``w = 0`` only the classifier learns:
+``L_den`` is still computed and reported, but no gradient flows from it, so the weights that
+only the denoising loss reaches (an AddUNet's decoder, output layer and gates) stay as they are.
 """
 
 from __future__ import annotations
@@ -103,6 +106,12 @@ def check_compatible(model: DenoiserModel, data: TrainingData, config: TrainingC
         raise DataError(
             f"labels were given but this {model.architecture} has no classification head; "
             f"build it with num_classes={k} to train denoising and classification together"
+        )
+    if config.denoise_weight == 0 and (model.num_classes == 0 or data.labels is None):
+        missing = "a classification head (num_classes > 0)" if model.num_classes == 0 else "labels"
+        raise DataError(
+            f"denoise_weight 0 trains the classifier alone, which needs {missing}; give labels and "
+            "a model with a head, or set denoise_weight > 0"
         )
     if config.lambda_cls > 0 and model.num_classes == 0:
         raise DataError(
@@ -258,7 +267,10 @@ class _Run:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+                self.model,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                # classification only: the decoder gets no gradient
+                find_unused_parameters=cfg.denoise_weight == 0,
             )
 
     # -- preparation ------------------------------------------------------------------------------
@@ -394,7 +406,10 @@ class _Run:
             cls = F.cross_entropy(out.logits.float(), labels)
         else:
             cls = torch.zeros((), device=pred.device)
-        total = den + self.cfg.lambda_cls * cls
+        weight = self.cfg.denoise_weight
+        # weight 0: leave L_den out of the graph, so that the weights only it reaches get no
+        # gradient at all (grad None: AdamW skips them, weight decay included)
+        total = self.cfg.lambda_cls * cls if weight == 0 else weight * den + self.cfg.lambda_cls * cls
         if out.logits is not None and labels is None:
             total = total + 0.0 * out.logits.float().sum()  # keeps every parameter in the graph (DDP)
         return den, cls, total
@@ -796,9 +811,9 @@ def train_events(
     ------
     DataError
         Data and model do not fit (labels without a head, lambda > 0 without a head or
-        labels, images smaller than a patch, ...).
+        labels, denoise_weight 0 without a head or labels, images smaller than a patch, ...).
     ConfigError
-        A setting is unknown or out of range.
+        A setting is unknown or out of range, or denoise_weight and lambda_cls are both 0.
     FileExistsError
         ``output`` exists and neither ``overwrite`` nor ``resume`` was given.
     """

@@ -22,7 +22,8 @@ class TrainingConfig:
     The data decide the mode: clean images train a supervised denoiser on synthetic noise
     (``noise``, ``sigma_*``, ``photons_*``, ``blur*``), noisy images alone train with blind
     spots (``mask_fraction``, ``mask_radius``), pairs train input -> target. Any mode adds
-    ``lambda_cls`` times the cross-entropy of the classification head when labels are given.
+    ``lambda_cls`` times the cross-entropy of the classification head when labels are given;
+    ``denoise_weight`` scales the denoising loss, and 0 trains the classifier alone.
     """
 
     architecture: ClassVar[str] = "training"  # prefix of validation messages
@@ -45,8 +46,14 @@ class TrainingConfig:
         True, doc="random flips and 90-degree rotations of patches (off if orientation defines a class)"
     )
     loss: Literal["mse", "l1"] = setting("mse", doc="denoising loss")
+    denoise_weight: float = setting(
+        1.0, ge=0.0, le=1000.0, doc="weight of the denoising loss (0: classification only)"
+    )
     lambda_cls: float = setting(
-        0.0, ge=0.0, le=1000.0, doc="weight lambda of the classification loss (L = L_den + lambda L_cls)"
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        doc="weight lambda of the classification loss (L = denoise_weight L_den + lambda L_cls)",
     )
     noise: Literal["gaussian", "poisson_gaussian", "none"] = setting(
         "gaussian", doc="synthetic noise added to clean images"
@@ -106,6 +113,12 @@ class TrainingConfig:
             )
         if self.noise == "none" and self.blur == "none":
             raise ConfigError("training.noise 'none' needs a blur, otherwise clean images are not degraded")
+        if self.denoise_weight == 0 and self.lambda_cls == 0:
+            raise ConfigError(
+                "training.denoise_weight and training.lambda_cls are both 0: nothing would be "
+                "learned; set denoise_weight > 0 (denoising) or lambda_cls > 0 with labels "
+                "(classification)"
+            )
 
     # -- derived --------------------------------------------------------------------------------
     @property
