@@ -19,7 +19,7 @@ def test_load_model_without_arguments_returns_the_bundled_denoiser():
     assert "command" in training and "Train400" in str(training)
 
 
-@pytest.mark.parametrize("name", ["addunet-gray-blind"])
+@pytest.mark.parametrize("name", ["addunet-gray-blind", "addunet-fashion-mnist"])
 def test_bundled_denoiser_improves_psnr_as_recorded(name):
     """Recompute the self-check stored when the weights were made (camera crop, sigma 15/25/50)."""
     model = na.load_model(name)
