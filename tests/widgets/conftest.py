@@ -104,6 +104,18 @@ class Heartbeat:
     def longest(self):
         return max(b - a for a, b in zip(self.ticks[:-1], self.ticks[1:], strict=True))
 
+    def assert_responsive(self, what: str) -> None:
+        """The UI thread was never blocked for a large part of the work.
+
+        Work run on the UI thread stalls it for (nearly) the whole run; a busy shared machine
+        only delays single ticks. So the longest stall is compared with the run itself (a
+        ratio within one measurement), with 0.5 s as the floor for short runs.
+        """
+        limit = max(0.5, 0.4 * self.seconds)
+        assert self.longest < limit, (
+            f"the UI was blocked for {self.longest:.2f} s {what} (run {self.seconds:.2f} s, limit {limit:.2f} s)"
+        )
+
 
 @pytest.fixture
 def heartbeat():

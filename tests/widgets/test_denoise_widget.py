@@ -221,7 +221,7 @@ def test_ui_stays_responsive_during_a_run(viewer_session, add_dock, qtbot, heart
         assert widget.run()
         _wait(qtbot, widget)
     assert beat.seconds > 0.3, "the run was too short to measure responsiveness"
-    assert beat.longest < 0.5, f"the UI was blocked for {beat.longest:.2f} s"
+    beat.assert_responsive("while denoising")
     assert "heartbeat [denoised]" in [layer.name for layer in viewer.layers]
 
 
