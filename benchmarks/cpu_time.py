@@ -99,11 +99,10 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['model']} | {r['parameters']:,} | {r['macs_per_pixel']:,} | {r['seconds_per_mp']:.2f} | "
             f"{r['ratio_to_dncnn']:.2f} |"
         )
-    from napari_addunet.engine.atomic import atomic_write
+    from napari_addunet.engine.atomic import atomic_write_text
 
-    for target, text in ((OUT_JSON, json.dumps(doc, indent=2) + "\n"), (OUT_MD, "\n".join(lines) + "\n")):
-        with atomic_write(target) as tmp:
-            tmp.write_text(text)
+    atomic_write_text(OUT_JSON, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(OUT_MD, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

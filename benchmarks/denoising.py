@@ -751,13 +751,12 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _write(doc: dict[str, Any], quick: bool) -> None:
-    from napari_addunet.engine.atomic import atomic_write
+    from napari_addunet.engine.atomic import atomic_write_text
 
     out_json, out_md = _paths(quick)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    for target, text in ((out_json, json.dumps(doc, indent=2) + "\n"), (out_md, markdown(doc))):
-        with atomic_write(target) as tmp:
-            tmp.write_text(text)
+    atomic_write_text(out_json, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out_md, markdown(doc))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -191,11 +191,10 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": time.perf_counter() - t0,
         "results": results,
     }
-    from napari_addunet.engine.atomic import atomic_write
+    from napari_addunet.engine.atomic import atomic_write_text
 
-    for target, text in ((OUT_JSON, json.dumps(doc, indent=2) + "\n"), (OUT_MD, markdown(doc))):
-        with atomic_write(target) as tmp:
-            tmp.write_text(text)
+    atomic_write_text(OUT_JSON, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(OUT_MD, markdown(doc))
     print(f"wrote {OUT_MD.relative_to(ROOT)}")
 
 

@@ -208,13 +208,6 @@ def load_results(path: Path) -> dict[str, Any]:
     return out
 
 
-def write_text(path: Path, text: str) -> None:
-    from napari_addunet.engine.atomic import atomic_write
-
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def environment(threads: int) -> dict[str, Any]:
     return {
         "torch": torch.__version__,
@@ -539,8 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     results = load_results(json_path)
 
     def save() -> None:
-        write_text(json_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
-        write_text(md_path, markdown(results, budget, sigmas, fig_ref))
+        from napari_addunet.engine.atomic import atomic_write_text
+
+        atomic_write_text(json_path, json.dumps(results, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(md_path, markdown(results, budget, sigmas, fig_ref))
         figure(results, sigmas, png_path)
 
     todo = []

@@ -148,12 +148,11 @@ def _load() -> dict:
 
 
 def _write(doc: dict) -> None:
-    from napari_addunet.engine.atomic import atomic_write
+    from napari_addunet.engine.atomic import atomic_write_text
 
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    for target, text in ((OUT_JSON, json.dumps(doc, indent=2) + "\n"), (OUT_MD, markdown(doc))):
-        with atomic_write(target) as tmp:
-            tmp.write_text(text)
+    atomic_write_text(OUT_JSON, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(OUT_MD, markdown(doc))
 
 
 def markdown(doc: dict) -> str:

@@ -217,10 +217,9 @@ def main() -> None:
         "- Gate-slider preview latency: [benchmarks/gui.md](benchmarks/gui.md).",
         "",
     ]
-    from napari_addunet.engine.atomic import atomic_write
+    from napari_addunet.engine.atomic import atomic_write_text
 
-    with atomic_write(OUT) as tmp:
-        tmp.write_text("\n".join(lines))
+    atomic_write_text(OUT, "\n".join(lines))
     print(f"wrote {OUT.relative_to(ROOT)}")
 
 

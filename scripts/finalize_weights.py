@@ -15,22 +15,12 @@ and records ``self_check``: the protocol's PSNR on a crop of scikit-image's came
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
 import napari_addunet as na
+from napari_addunet.engine.checkpoint import local_paths
 from napari_addunet.engine.evaluation import self_check
-
-
-def _machine_paths(value, where: str = "") -> list[str]:
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in _machine_paths(v, f"{where}.{k}")]
-    if isinstance(value, list | tuple):
-        return [p for i, v in enumerate(value) for p in _machine_paths(v, f"{where}[{i}]")]
-    if isinstance(value, str) and re.search(r"(^|[\s=])(/[A-Za-z]|[A-Za-z]:\\)", value):
-        return [f"{where}: {value[:80]}"]
-    return []
 
 
 def main(argv: list[str]) -> int:
@@ -48,7 +38,7 @@ def main(argv: list[str]) -> int:
         )
     training["noise_description"] = "blind Gaussian, sigma uniform in [0, 55] on [0, 255]"
     meta["training"] = training
-    bad = _machine_paths(meta)
+    bad = local_paths(meta)
     if bad:
         raise SystemExit("metadata names machine paths:\n" + "\n".join(bad))
     meta["self_check"] = self_check(model)  # recomputed by the tests

@@ -25,7 +25,6 @@ scikit-image's camera, see ``napari_addunet.engine.evaluation.self_check``) to
 from __future__ import annotations
 
 import argparse
-import re
 import threading
 import time
 from pathlib import Path
@@ -55,17 +54,6 @@ def fashion_self_check(model: Any, folder: Path | None = None) -> dict[str, Any]
     }
 
 
-def machine_paths(value: Any, where: str = "metadata") -> list[str]:
-    """Strings in ``value`` that look like absolute file paths (none may be stored)."""
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in machine_paths(v, f"{where}.{k}")]
-    if isinstance(value, (list, tuple)):
-        return [p for i, v in enumerate(value) for p in machine_paths(v, f"{where}[{i}]")]
-    if isinstance(value, str) and re.search(r"(^|[\s=:\"'])(/[\w.-]+/|[A-Za-z]:\\)", value):
-        return [f"{where} = {value[:80]!r}"]
-    return []
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -91,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari_addunet as na
     from napari_addunet.engine import fashion_mnist as fm
+    from napari_addunet.engine.checkpoint import local_paths
     from napari_addunet.engine.evaluation import self_check as camera_self_check
     from napari_addunet.engine.training_state import state_path_for
 
@@ -215,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "fashion_self_check": fashion_self_check(best, args.folder),
         "self_check": camera_self_check(best),
     }
-    bad = machine_paths({**best.metadata, **metadata})
+    bad = local_paths({**best.metadata, **metadata})
     if bad:
         raise SystemExit("refusing to write metadata naming machine paths: " + "; ".join(bad))
     na.save_model(best, args.output, overwrite=True, **metadata)

@@ -145,3 +145,29 @@ def test_missing_file_and_unknown_name(tmp_path):
         na.load_model(tmp_path / "nope.safetensors")
     with pytest.raises(CheckpointError, match="no bundled model named 'nope'"):
         na.load_model("nope")
+
+
+def test_local_paths_finds_machine_paths_in_nested_metadata():
+    from napari_addunet.engine.checkpoint import local_paths
+
+    meta = {
+        "training": {
+            "command": "train --clean /home/me/data/train400 --sigma 0:55",
+            "data": ["<Train400>", "C:\\Users\\me\\images"],
+            "noise": "sigma 0-55 on [0, 255]; and/or blur",
+        },
+        "normalization": {"method": "range"},
+    }
+    found = local_paths(meta)
+    assert found == [
+        "metadata.training.command = 'train --clean /home/me/data/train400 --sigma 0:55'",
+        "metadata.training.data[1] = 'C:\\\\Users\\\\me\\\\images'",
+    ]
+    assert local_paths({"command": "train --clean <Train400> -o model.safetensors"}) == []
+
+
+@pytest.mark.parametrize("name", ["addunet-gray-blind", "addunet-fashion-mnist"])
+def test_bundled_models_name_no_machine_path(name):
+    from napari_addunet.engine.checkpoint import local_paths
+
+    assert local_paths(na.load_model(name).metadata) == []

@@ -45,3 +45,10 @@ def atomic_write(target: str | os.PathLike, *, overwrite: bool = True) -> Iterat
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_write_text(target: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``target`` atomically; see :func:`atomic_write`."""
+    with atomic_write(target, overwrite=overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)

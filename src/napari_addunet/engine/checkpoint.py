@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,29 @@ def bundled_models() -> dict[str, Path]:
 
 
 # -- saving ---------------------------------------------------------------------------------------
+_LOCAL_PATH = re.compile(r"(^|[\s=:\"'])(/[A-Za-z][\w.-]*(/|$)|[A-Za-z]:\\)")
+
+
+def local_paths(value: Any, where: str = "metadata") -> list[str]:
+    """Strings in ``value`` (nested dicts and lists) that look like absolute file paths.
+
+    A model meant for others (a bundled one) should not carry the paths of the machine that
+    made it; the scripts that make bundled models refuse to write metadata where this finds any.
+
+    Returns
+    -------
+    list of str
+        ``"<where>.<key>[i] = '<text>'"`` for each offending string, empty if there is none.
+    """
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in local_paths(v, f"{where}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in local_paths(v, f"{where}[{i}]")]
+    if isinstance(value, str) and _LOCAL_PATH.search(value):
+        return [f"{where} = {value[:80]!r}"]
+    return []
+
+
 def _json(value: Any, what: str) -> str:
     try:
         return json.dumps(value, sort_keys=True)
