@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         "--minutes", type=float, default=0, help="stop cleanly after this long (0: run to the end)"
     )
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument(
+        "--init",
+        type=Path,
+        help="start a new run (new optimizer and schedule) from these weights instead of from scratch",
+    )
     ap.add_argument("--output", "-o", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.threads:
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     train_files, val_files = sel.split_train400(args.train400)
     state = state_path_for(args.output)
     resume = state if state.exists() else None
+    if args.init is not None and not args.init.is_file():
+        ap.error(f"--init: no such model file: {args.init}")
     config = {
         "epochs": args.steps // 100,
         "steps_per_epoch": 100,
@@ -74,15 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     }
     command = (
         f"python scripts/train_bundled_denoiser.py <Train400> --candidate {args.candidate} --steps {args.steps} "
-        f"--batch-size {args.batch_size} --patch-size {args.patch_size} --lr {args.lr} --seed {args.seed} "
-        f"-o {args.output.name}"
+        f"--batch-size {args.batch_size} --patch-size {args.patch_size} --lr {args.lr} --seed {args.seed}"
+        + (f" --init {args.init.name}" if args.init else "")
+        + f" -o {args.output.name}"
     )
     stop = threading.Event()
     if args.minutes:
         timer = threading.Timer(args.minutes * 60, stop.set)
         timer.daemon = True
         timer.start()
-    print(f"{label}; {'resuming from ' + state.name if resume else 'new run'}", flush=True)
+    if resume:
+        start = f"resuming from {state.name}"
+    elif args.init:
+        start = f"new run from the weights of {args.init.name}"
+    else:
+        start = "new run"
+    print(f"{label}; {start}", flush=True)
+    if resume:
+        model = None
+    elif args.init:
+        model = na.load_model(args.init)
+    else:
+        model = arch
 
     def log(event) -> None:
         if type(event).__name__ != "EpochDone":
@@ -99,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result = na.train(
         na.clean_data([str(f) for f in train_files]),
-        None if resume else arch,
+        model,
         None if resume else config,
-        model_settings=None if resume else settings,
+        model_settings=settings if isinstance(model, str) else None,
         validation=na.clean_data([str(f) for f in val_files]),
         output=args.output,
         resume=resume,
