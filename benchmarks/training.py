@@ -2,11 +2,12 @@
 
 Run by hand (not in CI), from the repository root:
 
-    python benchmarks/training.py                 # 12 timed steps per model (~5 min on 2 cores)
+    python benchmarks/training.py                 # 12 timed steps per model (~10 min on 2 cores)
     python benchmarks/training.py --steps 4       # quicker, noisier
 
 Measures, in one process and one run, the training throughput (patches per second) of
-AddUNet, U-Net and DnCNN at their default sizes through the real training loop
+AddUNet, U-Net and DnCNN at their default sizes and of the bundled denoiser's configuration,
+in float32 and (on CPUs with native bfloat16) with ``cpu_bf16``, through the real training loop
 (``napari_addunet.engine.training.train_events``): random 64 x 64 patches of scikit-image's
 sample images, blind Gaussian noise, AdamW, gradient clipping, batch 16. Each model first
 runs ``--warmup`` steps that are not timed; validation is off so only training steps count.
@@ -26,7 +27,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("addunet", "unet", "dncnn")
+MODELS: dict[str, tuple[str, dict]] = {
+    "addunet": ("addunet", {}),
+    "addunet ms-c64 (bundled)": (
+        "addunet",
+        {"multiscale": True, "kernels": (3, 3, 3, 3), "convs_per_level": 2, "width": 64},
+    ),
+    "unet": ("unet", {}),
+    "dncnn": ("dncnn", {}),
+}
 
 
 def _images() -> list[np.ndarray]:
@@ -61,14 +70,15 @@ def _flops_per_pixel(model: torch.nn.Module) -> float:
     return total / (64 * 64)
 
 
-def measure(name: str, steps: int, warmup: int, batch: int, patch: int) -> dict:
+def measure(name: str, steps: int, warmup: int, batch: int, patch: int, bf16: bool = False) -> dict:
     from napari_addunet.engine.datasets import clean_data
     from napari_addunet.engine.training import train_events
     from napari_addunet.engine.training_events import StepDone
     from napari_addunet.models import create_model
 
     torch.manual_seed(0)
-    model = create_model(name)
+    arch, settings = MODELS[name]
+    model = create_model(arch, **settings)
     params = model.num_parameters()
     fpp = _flops_per_pixel(model)
     config = dict(
@@ -80,6 +90,7 @@ def measure(name: str, steps: int, warmup: int, batch: int, patch: int) -> dict:
         device="cpu",
         sigma_min=0,
         sigma_max=55,
+        cpu_bf16=bf16,
     )
     times: list[float] = []
     last = None
@@ -92,6 +103,7 @@ def measure(name: str, steps: int, warmup: int, batch: int, patch: int) -> dict:
     per_step = statistics.median(times)
     return {
         "model": name,
+        "precision": "bfloat16" if bf16 else "float32",
         "parameters": params,
         "mflop_per_pixel": fpp / 1e6,
         "patches_per_s": batch / per_step,
@@ -118,7 +130,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, command: str, load:
         "",
         f"Measured {datetime.date.today().isoformat()} with torch {torch.__version__} on "
         f"{platform.machine()} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads), "
-        "all three models in one run.",
+        "all models and precisions in one run.",
         f"Load average before / after the run: {load[0]:.1f} / {load[1]:.1f}. The machine was shared with "
         "other jobs (including a background training run), so the absolute numbers are noisy: compare the "
         "models with each other rather than with another machine.",
@@ -126,18 +138,27 @@ def write_report(rows: list[dict], args: argparse.Namespace, command: str, load:
         f"Each step: {args.batch} random {args.patch} x {args.patch} patches of scikit-image's sample images, "
         "blind Gaussian noise (sigma 0-55), forward, MSE, backward, gradient clipping, AdamW, through the "
         f"real loop (`train_events`). {args.warmup} warm-up steps, then the median of {args.steps} timed "
-        "steps. Default sizes: `create_model(name)` with no settings.",
+        "steps. Default sizes (`create_model(name)` with no settings), and the bundled denoiser's "
+        "configuration (multi-scale, C=64, 4 levels of two 3x3 convolutions). bfloat16 rows train with "
+        "`cpu_bf16=True` (autocast; weights and optimizer in float32); the last column is the speed-up "
+        "over the same model in float32.",
         "",
-        "| model | parameters | MFLOP / pixel (forward) | patches / s | s / step (median, min-max) | GFLOP/s (x3 fwd) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | precision | parameters | MFLOP / pixel (forward) | patches / s | s / step (median, min-max) "
+        "| GFLOP/s (x3 fwd) | speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    fp32 = {r["model"]: r["seconds_per_step"] for r in rows if r["precision"] == "float32"}
     for r in rows:
+        base = fp32.get(r["model"])
+        speedup = f"{base / r['seconds_per_step']:.2f}x" if base and r["precision"] != "float32" else ""
         lines.append(
-            f"| {r['model']} | {r['parameters']:,} | {r['mflop_per_pixel']:.2f} | {r['patches_per_s']:.1f} | "
-            f"{r['seconds_per_step']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f}) | {r['gflops']:.0f} |"
+            f"| {r['model']} | {r['precision']} | {r['parameters']:,} | {r['mflop_per_pixel']:.2f} | "
+            f"{r['patches_per_s']:.1f} | {r['seconds_per_step']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f}) | "
+            f"{r['gflops']:.0f} | {speedup} |"
         )
     lines += [
         "",
+        "bfloat16 rows appear only on CPUs with native bfloat16. "
         "Reading: time per patch follows FLOPs per pixel (counted as in docs/models.md); "
         "the U-Net spends most of its work at low resolution. GPU throughput (where the loop uses automatic "
         "mixed precision, `amp=True`) was not measured here.",
@@ -156,16 +177,19 @@ def main() -> int:
     args = ap.parse_args()
     command = "python benchmarks/training.py" + (f" --steps {args.steps}" if args.steps != 12 else "")
     load0 = os.getloadavg()[0]
+    from napari_addunet.engine.training import cpu_has_bf16
+
     rows = []
     for name in MODELS:
-        t0 = time.perf_counter()
-        row = measure(name, args.steps, args.warmup, args.batch, args.patch)
-        rows.append(row)
-        print(
-            f"{name:8s} {row['patches_per_s']:7.1f} patches/s  ({row['seconds_per_step']:.2f} s/step, "
-            f"{row['gflops']:.0f} GFLOP/s, {time.perf_counter() - t0:.0f} s)",
-            flush=True,
-        )
+        for bf16 in (False, True) if cpu_has_bf16() else (False,):
+            t0 = time.perf_counter()
+            row = measure(name, args.steps, args.warmup, args.batch, args.patch, bf16)
+            rows.append(row)
+            print(
+                f"{name:8s} {row['precision']:8s} {row['patches_per_s']:7.1f} patches/s  ({row['seconds_per_step']:.2f} s/step, "
+                f"{row['gflops']:.0f} GFLOP/s, {time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     out = write_report(rows, args, command, (load0, os.getloadavg()[0]))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0

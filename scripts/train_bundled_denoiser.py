@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument(
+        "--bf16", action="store_true", help="bfloat16 mixed precision (CPUs with native bfloat16 only)"
+    )
+    ap.add_argument(
         "--init",
         type=Path,
         help="start a new run (new optimizer and schedule) from these weights instead of from scratch",
@@ -78,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         "val_patches": 128,
         "seed": args.seed,
         "device": "cpu",
+        "cpu_bf16": args.bf16,
     }
     command = (
         f"python scripts/train_bundled_denoiser.py <Train400> --candidate {args.candidate} --steps {args.steps} "
         f"--batch-size {args.batch_size} --patch-size {args.patch_size} --lr {args.lr} --seed {args.seed}"
+        + (" --bf16" if args.bf16 else "")
         + (f" --init {args.init.name}" if args.init else "")
         + f" -o {args.output.name}"
     )

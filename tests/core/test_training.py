@@ -12,7 +12,7 @@ from skimage import data as skdata
 import napari_addunet as na
 from napari_addunet.engine.datasets import DataError, clean_data, noisy_data, paired_data
 from napari_addunet.engine.metrics import psnr
-from napari_addunet.engine.training import TrainingError, _Run, train, train_events
+from napari_addunet.engine.training import TrainingError, _Run, cpu_has_bf16, train, train_events
 from napari_addunet.engine.training_config import TrainingConfig, lr_at
 from napari_addunet.engine.training_events import (
     CheckpointSaved,
@@ -363,3 +363,35 @@ def test_a_diverging_loss_stops_with_a_clear_message():
     huge = clean_data(np.full((24, 24), 1e30, np.float32), normalization="none")
     with pytest.raises(TrainingError, match="the loss became .* at step 1: lower the learning rate"):
         train(huge, tiny(), dict(SMALL, val_fraction=0))
+
+
+# -- bfloat16 on the CPU ----------------------------------------------------------------------------
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
+def test_cpu_bf16_training_learns_and_computes_in_bfloat16(monkeypatch):
+    seen = []
+    real_conv = torch.nn.functional.conv2d
+
+    def spy(x, w, *args, **kwargs):
+        out = real_conv(x, w, *args, **kwargs)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    config = dict(FAST, epochs=2, steps_per_epoch=30, sigma_min=25, sigma_max=25, val_fraction=0.2)
+    result = train(clean_data(crops()), tiny(), dict(config, cpu_bf16=True))
+    assert torch.bfloat16 in seen  # the training steps ran in bfloat16 ...
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # ... on float32 weights
+    last = result.history[-1]
+    assert last["val_psnr"] > last["val_input_psnr"] + 3
+    seen.clear()
+    train(clean_data(crops()), tiny(), dict(config, epochs=1, steps_per_epoch=2))
+    assert seen and torch.bfloat16 not in seen  # off by default
+
+
+def test_cpu_bf16_is_refused_on_a_cpu_without_it(monkeypatch):
+    import napari_addunet.engine.training as training
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    with pytest.raises(TrainingError, match="native bfloat16"):
+        train(small_data(), tiny(), dict(SMALL, cpu_bf16=True))
+    train(small_data(), tiny(), SMALL)  # the default does not need it

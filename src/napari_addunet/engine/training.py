@@ -133,6 +133,14 @@ def check_compatible(model: DenoiserModel, data: TrainingData, config: TrainingC
         raise DataError("no images to train on")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (so ``cpu_bf16`` training is worth it)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _class_names(model: DenoiserModel, data: TrainingData) -> list[str]:
     if model.num_classes == 0:
         return []
@@ -211,6 +219,12 @@ class _Run:
         cfg = self.cfg
         self.rank = self.ctx.rank
         self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        self.use_bf16 = bool(cfg.cpu_bf16 and self.device.type == "cpu")
+        if self.use_bf16 and not cpu_has_bf16():
+            raise TrainingError(
+                "training.cpu_bf16 needs a CPU with native bfloat16 (AVX512-BF16 or AMX); "
+                "this one would emulate it slowly: set cpu_bf16 to false"
+            )
 
         # data
         if validation is not None:
@@ -421,8 +435,13 @@ class _Run:
             group["lr"] = lr
         self.net.train()
         inp, target, mask, labels = self._batch()
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            out = self.net(inp)
+        if self.use_bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = self.net(inp)
+            out = type(out)(*(None if t is None else t.float() for t in out))
+        else:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                out = self.net(inp)
         den, cls, total = self._losses(out, target, mask, labels)
         if not torch.isfinite(total):
             where = (

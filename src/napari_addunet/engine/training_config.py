@@ -82,6 +82,11 @@ class TrainingConfig:
     seed: int = setting(0, ge=0, le=2**31 - 1, doc="seed of every random draw (weights, patches, noise)")
     device: str = setting("auto", doc="auto, cpu, cuda, cuda:N or mps")
     amp: bool = setting(True, doc="automatic mixed precision (float16) on CUDA; ignored elsewhere")
+    cpu_bf16: bool = setting(
+        False,
+        doc="bfloat16 mixed precision on the CPU: about twice as fast where the CPU computes bfloat16 "
+        "natively (AVX512-BF16 or AMX); refused on CPUs without it",
+    )
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
