@@ -3,31 +3,37 @@
 Usage, from the repository root::
 
     python scripts/finalize_weights.py training/step5/ms-real-c64.safetensors \
-        src/napari_addunet/weights/addunet-gray-blind.safetensors
+        src/napari_addunet/weights/addunet-gray-blind.safetensors [--started-from EARLIER.safetensors]
 
 Copies the weights and the training metadata (data, noise range, steps, time, command), sets
 percentile normalisation (so that the model works on any dtype and range; the benchmark
 protocol bypasses it and feeds [0, 1] images), refuses metadata that names a machine path,
+refuses a model that does not beat the noisy input,
 and records ``self_check``: the protocol's PSNR on a crop of scikit-image's camera at sigma
-15, 25 and 50, which ``tests/core/test_bundled_models.py`` recomputes.
+15, 25 and 50, which ``tests/core/test_bundled_models.py`` recomputes. ``--started-from``
+names the weights a fine-tuning run started from, for runs whose metadata does not record them
+yet (the training loop records them itself since it learned to).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import napari_addunet as na
 from napari_addunet.engine.checkpoint import local_paths
 from napari_addunet.engine.evaluation import self_check
+from napari_addunet.engine.training import earlier_training
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__)
-        return 2
-    source, dest = Path(argv[0]), Path(argv[1])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", type=Path)
+    ap.add_argument("dest", type=Path)
+    ap.add_argument("--started-from", type=Path, help="the weights the run started from")
+    args = ap.parse_args(argv)
+    source, dest = args.source, args.dest
     model = na.load_model(source)
     meta = dict(model.metadata)
     meta["normalization"] = {"method": "percentile", "low": 0.1, "high": 99.9}
@@ -36,12 +42,20 @@ def main(argv: list[str]) -> int:
         training["data_description"] = (
             "DnCNN Train400 (400 BSD images, 180x180 grey); 380 trained, every 20th held out for validation"
         )
+    if args.started_from is not None and "started_from" not in training:
+        earlier = earlier_training(na.load_model(args.started_from).metadata)
+        if earlier is None:
+            raise SystemExit(f"{args.started_from} has no training record")
+        training["started_from"] = earlier
     training["noise_description"] = "blind Gaussian, sigma uniform in [0, 55] on [0, 255]"
     meta["training"] = training
     bad = local_paths(meta)
     if bad:
         raise SystemExit("metadata names machine paths:\n" + "\n".join(bad))
     meta["self_check"] = self_check(model)  # recomputed by the tests
+    worse = [s for s, r in meta["self_check"].items() if r["psnr"] <= r["input_psnr"]]
+    if worse:
+        raise SystemExit(f"refused: the model does not beat the noisy input at sigma {', '.join(worse)}")
     model.metadata = meta
     na.save_model(model, dest)
     print(f"wrote {dest}; self-check {json.dumps(meta['self_check'])}")
@@ -49,4 +63,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import napari_addunet as na
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+def _script(name: str, folder: str = "benchmarks"):
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -61,3 +62,41 @@ def test_summary_computes_the_targets_from_the_numbers():
     assert "is NOT met (0 of 3 sigmas)" in below and "(goal not reached)" in below
     above = "\n".join(summary.denoising_section(_denoising_doc((31.80, 29.30, 26.30)), None))
     assert "(+0.3 dB at every sigma) is met;" in above and "(goal reached)" in above
+
+
+def test_finalize_weights_records_use_lineage_and_a_self_check_and_refuses_machine_paths(tmp_path):
+    from skimage import data as skdata
+
+    fin = _script("finalize_weights", "scripts")
+    images = na.clean_data([skdata.camera(), skdata.moon()])
+    small = {"epochs": 1, "steps_per_epoch": 60, "batch_size": 8, "patch_size": 32, "lr": 3e-3}
+    small.update(warmup_steps=5, val_fraction=0.0, device="cpu")
+    earlier = tmp_path / "earlier.safetensors"
+    torch.manual_seed(0)
+    model = na.create_model("addunet", width=8, kernels=(3, 3, 3))
+    na.train(images, model, small, output=earlier, command="run 1")
+    later = tmp_path / "later.safetensors"
+    na.save_model(na.load_model(earlier), later, training={"command": "run 2", "steps": 2, "data": "camera"})
+
+    out = tmp_path / "bundled.safetensors"
+    assert fin.main([str(later), str(out), "--started-from", str(earlier)]) == 0
+    meta = na.load_model(out).metadata
+    assert meta["training"]["command"] == "run 2"
+    assert meta["training"]["started_from"]["command"] == "run 1"
+    assert meta["normalization"]["method"] == "percentile"
+    assert set(meta["self_check"]) == {"15", "25", "50"}
+    assert all(r["psnr"] > r["input_psnr"] for r in meta["self_check"].values())
+
+    untrained = tmp_path / "untrained.safetensors"
+    torch.manual_seed(1)
+    na.save_model(na.create_model("addunet", width=4, kernels=(3,)), untrained, training={"data": "none"})
+    with pytest.raises(SystemExit, match="does not beat the noisy input"):
+        fin.main([str(untrained), str(tmp_path / "nope.safetensors")])
+    assert not (tmp_path / "nope.safetensors").exists()
+
+    leaky = tmp_path / "leaky.safetensors"
+    na.save_model(na.load_model(earlier), leaky, training={"command": "python x.py /home/someone/data"})
+    refused = tmp_path / "refused.safetensors"
+    with pytest.raises(SystemExit, match="machine paths"):
+        fin.main([str(leaky), str(refused)])
+    assert not refused.exists()

@@ -395,3 +395,35 @@ def test_cpu_bf16_is_refused_on_a_cpu_without_it(monkeypatch):
     with pytest.raises(TrainingError, match="native bfloat16"):
         train(small_data(), tiny(), dict(SMALL, cpu_bf16=True))
     train(small_data(), tiny(), SMALL)  # the default does not need it
+
+
+# -- a run that starts from trained weights keeps their record ----------------------------------------
+def test_a_run_from_trained_weights_records_the_earlier_run_through_a_resume(tmp_path):
+    first = tmp_path / "first.safetensors"
+    train(small_data(), tiny(), SMALL, output=first, command="first command")
+    assert "started_from" not in na.load_model(first).metadata["training"]  # a new model has no past
+
+    second = tmp_path / "second.safetensors"
+    stop = threading.Event()
+    train(
+        small_data(),
+        na.load_model(first),
+        dict(SMALL, lr=1e-3),
+        output=second,
+        stop=stop,
+        command="second command",
+        callback=lambda e: stop.set() if isinstance(e, StepDone) and e.step == 4 else None,
+    )
+    train(small_data(), resume=second)  # the resumed run must keep the record too
+    record = na.load_model(second).metadata["training"]
+    assert record["command"] == "second command" and record["steps"] == 10
+    earlier = record["started_from"]
+    assert earlier["command"] == "first command" and earlier["steps"] == 10
+    assert earlier["metrics"]["step"] == na.load_model(first).metadata["training"]["metrics"]["step"]
+    assert "data" not in earlier  # the record, not the full file listing
+
+    third = tmp_path / "third.safetensors"
+    train(small_data(), na.load_model(second), SMALL, output=third, command="third command")
+    chain = na.load_model(third).metadata["training"]
+    assert chain["started_from"]["command"] == "second command"
+    assert chain["started_from"]["started_from"]["command"] == "first command"

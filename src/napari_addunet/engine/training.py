@@ -133,6 +133,30 @@ def check_compatible(model: DenoiserModel, data: TrainingData, config: TrainingC
         raise DataError("no images to train on")
 
 
+_LINEAGE_KEYS = (
+    "command",
+    "steps",
+    "seconds",
+    "date",
+    "status",
+    "metrics",
+    "data_description",
+    "started_from",
+)
+
+
+def earlier_training(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The training record of a model that a new run starts from, to keep in the new run's metadata.
+
+    Holds the earlier run's command, steps, time, date, status and best metrics (and, nested, the
+    runs before it), without its full data listing; None if the model was never trained here.
+    """
+    prior = metadata.get("training") if isinstance(metadata, Mapping) else None
+    if not isinstance(prior, Mapping):
+        return None
+    return {k: prior[k] for k in _LINEAGE_KEYS if k in prior}
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (so ``cpu_bf16`` training is worth it)."""
     try:
@@ -180,7 +204,7 @@ class _Run:
         self.cfg = self._config(config, overrides)
         cfg = self.cfg
         self.stop = stop
-        self.command = command or "napari_addunet.train(...)"
+        self.command = command or self._earlier_command() or "napari_addunet.train(...)"
         self.t_start = time.perf_counter()
 
         # where to write
@@ -242,6 +266,12 @@ class _Run:
         # model (seeded, so a model built here is repeatable)
         torch.manual_seed(_seed(cfg.seed, self.rank, 0))
         self.model = self._model(model, data, model_settings).to(self.device)
+        if self.state_in is not None:
+            self.started_from = loads(self.state_in.get("started_from", "null"))
+        elif isinstance(model, DenoiserModel):
+            self.started_from = earlier_training(model.metadata)
+        else:
+            self.started_from = None
         check_compatible(self.model, data, cfg)
         self.class_names = _class_names(self.model, data)
 
@@ -300,6 +330,10 @@ class _Run:
         if isinstance(config, Mapping):
             return TrainingConfig.from_dict(config, **overrides)
         raise TypeError(f"config must be a TrainingConfig or a dict, got {type(config).__name__}")
+
+    def _earlier_command(self) -> str | None:
+        """A resumed run keeps the command of the run it continues."""
+        return None if self.state_in is None else self.state_in.get("command")
 
     def _model(
         self, model: DenoiserModel | str | None, data: TrainingData, settings: Mapping[str, Any] | None
@@ -523,6 +557,8 @@ class _Run:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "package_version": __version__,
         }
+        if self.started_from is not None:
+            training["started_from"] = self.started_from
         meta: dict[str, Any] = {"normalization": dict(self.train_data.normalization), "training": training}
         if self.class_names:
             meta["class_names"] = self.class_names
@@ -563,6 +599,8 @@ class _Run:
             "architecture": self.model.architecture,
             "model_config": dumps(self.model.config.to_dict()),
             "metadata": dumps(self.model.metadata),
+            "started_from": dumps(self.started_from),
+            "command": self.command,
             "config": dumps(self.cfg.to_dict()),
             "data": dumps(
                 {

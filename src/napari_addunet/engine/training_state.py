@@ -21,6 +21,11 @@ Contents (format ``napari-addunet-train-state/1``):
     Best-so-far record (JSON), per-epoch history (JSON), epochs without improvement, seconds.
 ``architecture``, ``model_config``, ``metadata``, ``config``, ``data``
     How to rebuild the model and the run (JSON).
+``command``
+    How the run was started (kept by a resume that is not given a new one).
+``started_from``
+    The training record of the model this run started from (JSON; ``null`` for a new model);
+    absent in states written before it existed.
 """
 
 from __future__ import annotations
