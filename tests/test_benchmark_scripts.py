@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _script(name: str, folder: str = "benchmarks"):
     spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -100,3 +102,32 @@ def test_finalize_weights_records_use_lineage_and_a_self_check_and_refuses_machi
     with pytest.raises(SystemExit, match="machine paths"):
         fin.main([str(leaky), str(refused)])
     assert not refused.exists()
+
+
+def test_retime_times_every_measured_row_side_by_side(tmp_path, monkeypatch):
+    den = _script("denoising")
+    monkeypatch.setattr(den, "TIMING_SIDE", 64)
+    monkeypatch.setattr(den, "CROP_SIDE", 48)
+    model_file = tmp_path / "tiny.safetensors"
+    na.save_model(na.create_model("addunet", width=4, kernels=(3,)), model_file)
+    methods = [
+        den.Method("tiny", "model", "tiny model", source=str(model_file), file=model_file),
+        *(m for m in den.classical_methods() if m.name in ("wavelet", "nlm")),
+    ]
+    doc = {
+        "methods": {
+            "tiny": {"cpu_seconds_per_mp": -1.0, "timing": "alone"},
+            "wavelet": {"cpu_seconds_per_mp": -1.0, "timing": "alone"},
+            "nlm": {"error": "not available: test"},
+        }
+    }
+    image = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    run = den.retime(doc, methods, {"set12": {"01.png": image}}, tmp_path)
+    assert run["rows"] == ["tiny", "wavelet"] and run["rounds"] == den.TIMED_RUNS
+    for name in ("tiny", "wavelet"):
+        assert doc["methods"][name]["cpu_seconds_per_mp"] > 0
+        assert "side by side" in doc["methods"][name]["timing"]
+    assert doc["methods"]["nlm"] == {"error": "not available: test"}  # not measured: left alone
+    doc["timing_run"] = run
+    assert "one side-by-side pass" in den._timing_run_note(doc)
+    assert "mixes machine loads" in den._timing_run_note({"methods": {}})
