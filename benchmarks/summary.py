@@ -44,6 +44,21 @@ def _diff(a: list[float], b: tuple[float, ...]) -> str:
     return " / ".join(f"{x - y:+.2f}" for x, y in zip(a, b, strict=True))
 
 
+def cli_check_line(check: dict[str, Any] | None, bundled: dict[str, Any]) -> str:
+    """Whether the command line reproduces the bundled row, for the weights the row measured."""
+    command = "`napari-addunet evaluate --model addunet-gray-blind --images <bsd68> --sigma 15,25,50`"
+    if not check:
+        return f"- {command}: not yet checked against the table (`benchmarks/cli_check.py`)."
+    if check.get("weights_sha256") != bundled.get("sha256"):
+        return f"- {command}: last checked on other weights; not yet checked for these (`benchmarks/cli_check.py`)."
+    diff = check["max_psnr_diff"]
+    verdict = "reproduces the bundled row" if diff <= 0.02 else "does NOT reproduce the bundled row"
+    return (
+        f"- {command} {verdict} (`benchmarks/cli_check.py`, {check['date']}): the mean PSNRs differ by at "
+        f"most {diff:.4f} dB over {check['images']} images."
+    )
+
+
 def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) -> list[str]:
     lines = ["## Grey-level denoising: BSD68 and Set12", ""]
     if not doc:
@@ -54,7 +69,7 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
         "Full tables, protocol and costs: [benchmarks/denoising.md](benchmarks/denoising.md). "
         "PSNR in dB at sigma 15 / 25 / 50, protocol of the published tables.",
         "",
-        "| row | BSD68 | Set12 | params | CPU s/MP (1 thread, own run) |",
+        "| row | BSD68 | Set12 | params | CPU s/MP (1 thread) |",
         "|---|---|---|---:|---:|",
     ]
     for name, entry in sorted(methods.items(), key=lambda kv: kv[1].get("order", 99)):
@@ -86,10 +101,7 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
                 f"{'' if all(met) else ' (' + str(sum(met)) + ' of 3 sigmas)'}; minus published DnCNN-S "
                 f"{_diff(ours, DNCNN_S[ds])} dB (goal {'reached' if all(o >= d for o, d in zip(ours, DNCNN_S[ds], strict=True)) else 'not reached'})."
             )
-        lines.append(
-            "- `napari-addunet evaluate --model addunet-gray-blind --images <bsd68> --sigma 15,25,50` "
-            "reproduces the bundled row: checked on 2026-11-21, the same means to 4 decimals (0.0000 dB apart)."
-        )
+        lines.append(cli_check_line(_load("cli-check.json"), bundled))
         bm3d = methods.get("bm3d")
         if bm3d and "error" not in bm3d:
             lines.append(

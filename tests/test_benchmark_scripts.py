@@ -131,3 +131,23 @@ def test_retime_times_every_measured_row_side_by_side(tmp_path, monkeypatch):
     doc["timing_run"] = run
     assert "one side-by-side pass" in den._timing_run_note(doc)
     assert "mixes machine loads" in den._timing_run_note({"methods": {}})
+
+
+def test_cli_check_compares_means_and_the_summary_ties_it_to_the_weights():
+    check = _script("cli_check")
+    summary = _script("summary")
+    row = {
+        "sha256": "abc",
+        "datasets": {
+            "bsd68": {"results": {s: {"psnr": 30.0 + i, "ssim": 0.8} for i, s in enumerate(("15", "25", "50"))}}
+        },
+    }
+    cli = {"results": {s: {"mean": {"psnr": 30.0 + i, "ssim": 0.8}} for i, s in enumerate(("15", "25", "50"))}}
+    cli["results"]["50"]["mean"]["psnr"] = 32.03
+    result = check.compare(cli, row)
+    assert result["15"]["psnr_diff"] == 0 and result["50"]["psnr_diff"] == pytest.approx(0.03)
+    doc = {"weights_sha256": "abc", "max_psnr_diff": 0.03, "date": "d", "images": 68}
+    assert "does NOT reproduce" in summary.cli_check_line(doc, row)
+    assert "reproduces the bundled row" in summary.cli_check_line(dict(doc, max_psnr_diff=0.0), row)
+    assert "other weights" in summary.cli_check_line(dict(doc, weights_sha256="old"), row)
+    assert "not yet checked" in summary.cli_check_line(None, row)
