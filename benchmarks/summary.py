@@ -126,6 +126,14 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
                 f"{b['macs_per_pixel']:,} multiply-accumulates per pixel against DnCNN's "
                 f"{rows['dncnn (17 layers, 64 channels)']['macs_per_pixel']:,}."
             )
+    dn = methods.get("budget-dncnn")
+    if doc.get("timing_run") and bundled and dn and "error" not in dn:
+        ratio = bundled["cpu_seconds_per_mp"] / dn["cpu_seconds_per_mp"]
+        lines.append(
+            f"- The denoising table's own side-by-side timing pass (1024 x 1024 input, "
+            f"{doc['timing_run']['date']}) gives {ratio:.2f}x ({bundled['cpu_seconds_per_mp']:.1f} vs "
+            f"{dn['cpu_seconds_per_mp']:.1f} s/MP): the ratio depends on the image size and the machine's load."
+        )
     lines += [
         "",
         "The rows `budget-*` are models trained by our own code on Train400 with one short, equal "
