@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--init",
         type=Path,
-        help="start a new run (new optimizer and schedule) from these weights instead of from scratch",
+        help="start a new run (new optimizer and schedule) from these weights instead of from scratch; "
+        "ignored while <output>.state.pt exists (the run it holds continues)",
     )
     ap.add_argument("--output", "-o", type=Path, required=True)
     args = ap.parse_args(argv)

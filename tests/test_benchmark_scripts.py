@@ -139,10 +139,14 @@ def test_cli_check_compares_means_and_the_summary_ties_it_to_the_weights():
     row = {
         "sha256": "abc",
         "datasets": {
-            "bsd68": {"results": {s: {"psnr": 30.0 + i, "ssim": 0.8} for i, s in enumerate(("15", "25", "50"))}}
+            "bsd68": {
+                "results": {s: {"psnr": 30.0 + i, "ssim": 0.8} for i, s in enumerate(("15", "25", "50"))}
+            }
         },
     }
-    cli = {"results": {s: {"mean": {"psnr": 30.0 + i, "ssim": 0.8}} for i, s in enumerate(("15", "25", "50"))}}
+    cli = {
+        "results": {s: {"mean": {"psnr": 30.0 + i, "ssim": 0.8}} for i, s in enumerate(("15", "25", "50"))}
+    }
     cli["results"]["50"]["mean"]["psnr"] = 32.03
     result = check.compare(cli, row)
     assert result["15"]["psnr_diff"] == 0 and result["50"]["psnr_diff"] == pytest.approx(0.03)
@@ -151,3 +155,45 @@ def test_cli_check_compares_means_and_the_summary_ties_it_to_the_weights():
     assert "reproduces the bundled row" in summary.cli_check_line(dict(doc, max_psnr_diff=0.0), row)
     assert "other weights" in summary.cli_check_line(dict(doc, weights_sha256="old"), row)
     assert "not yet checked" in summary.cli_check_line(None, row)
+
+
+def test_compare_on_split_scores_models_on_the_held_out_images_best_first(tmp_path, capsys):
+    from skimage import data as skdata
+    from skimage.io import imsave
+
+    cmp = _script("compare_on_split", "scripts")
+    folder = tmp_path / "train400"
+    folder.mkdir()
+    cam = skdata.camera()
+    for i in range(40):  # two of them (index 0 and 20) are the held-out split
+        imsave(folder / f"test_{i + 1:03d}.png", cam[i : i + 48, i : i + 48], check_contrast=False)
+    images = na.clean_data([cam, skdata.moon()])
+    config = {"epochs": 1, "steps_per_epoch": 60, "batch_size": 8, "patch_size": 32, "lr": 3e-3}
+    config.update(warmup_steps=5, val_fraction=0.0, device="cpu")
+    trained = tmp_path / "trained.safetensors"
+    torch.manual_seed(0)
+    na.train(images, na.create_model("addunet", width=8, kernels=(3, 3, 3)), config, output=trained)
+    untrained = tmp_path / "untrained.safetensors"
+    torch.manual_seed(1)
+    na.save_model(na.create_model("addunet", width=4, kernels=(3,)), untrained)
+
+    assert cmp.main([str(folder), str(untrained), str(trained)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert rows[0].startswith("| trained.safetensors | 60 |")  # the better model first, with its step
+    assert rows[1].startswith("| untrained.safetensors |")
+    with pytest.raises(SystemExit):
+        cmp.main([str(folder), str(tmp_path / "missing.safetensors")])
+    assert "no such model file" in capsys.readouterr().err
+
+
+def test_train_bundled_denoiser_refuses_missing_init_weights(tmp_path, capsys):
+    script = _script("train_bundled_denoiser", "scripts")
+    for i in range(40):
+        (tmp_path / f"test_{i + 1:03d}.png").touch()
+    out = tmp_path / "run.safetensors"
+    with pytest.raises(SystemExit):
+        script.main(
+            [str(tmp_path), "--candidate", "ms-real-c64", "--init", str(tmp_path / "nope"), "-o", str(out)]
+        )
+    assert "--init: no such model file" in capsys.readouterr().err
+    assert not out.exists()
