@@ -125,7 +125,14 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             result = denoise(
-                model, image.data, axes=axes, tile=tile, device=args.device, gates=gates, progress=bar
+                model,
+                image.data,
+                axes=axes,
+                tile=tile,
+                device=args.device,
+                gates=gates,
+                progress=bar,
+                ensemble=args.ensemble,
             )
             if hasattr(result, "compute"):
                 result = result.compute()
@@ -310,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="output file, or folder for several inputs")
     p.add_argument("--tile", default=None, help="tile side in pixels, or auto")
     p.add_argument("--gates", default=None, help="AddUNet skip gates, comma-separated, shallow to deep")
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        choices=[1, 2, 4, 8],
+        help="self-ensemble: average over this many flips/transposes (N times the time; default 1: off)",
+    )
     p.add_argument(
         "--output-format",
         choices=["tiff", "input"],

@@ -359,6 +359,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             sigmas,
             device=args.device,
             progress=progress,
+            ensemble=args.ensemble,
         )
     finally:
         if bar is not None:
@@ -442,5 +443,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sigma", default="15,25,50", help="noise levels on [0, 255], comma-separated")
     p.add_argument("--json", default=None, help="write the results as JSON to this file ('-': stdout only)")
     p.add_argument("--means-only", action="store_true", help="print only the mean per noise level")
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        choices=[1, 2, 4, 8],
+        help="self-ensemble: average over this many flips/transposes of each image (default 1: off)",
+    )
     hidden_common(p, "cpu")
     p.set_defaults(func=cmd_evaluate)

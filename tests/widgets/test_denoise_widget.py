@@ -49,6 +49,28 @@ def test_denoise_2d_adds_denoised_and_residual(viewer_session, add_dock, qtbot):
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_self_ensemble_choice_reaches_the_engine(viewer_session, add_dock, qtbot):
+    from napari_addunet.engine.inference import denoise
+
+    viewer, state = viewer_session
+    image = viewer.add_image(_noisy((48, 56), seed=3), name="cells")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    choices = [widget.ensemble_combo.itemData(i) for i in range(widget.ensemble_combo.count())]
+    assert choices == [1, 2, 4, 8] and widget.ensemble_combo.currentData() == 1
+    widget.ensemble_combo.setCurrentIndex(choices.index(8))
+
+    assert widget.run()
+    _wait(qtbot, widget)
+
+    assert widget.run_control.last_outcome.ok
+    out = viewer.layers["cells [denoised]"]
+    assert out.metadata[METADATA_KEY]["ensemble"] == 8
+    expected = denoise(state.model, image.data, device="cpu", ensemble=8)
+    np.testing.assert_allclose(out.data, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out.data, denoise(state.model, image.data, device="cpu"), atol=1e-4)
+
+
 def test_denoise_3d_stack_keeps_geometry_and_labels(viewer_session, add_dock, qtbot):
     viewer, state = viewer_session
     stack = viewer.add_image(

@@ -71,6 +71,7 @@ class LayerRun(QObject):
         gates: Sequence[float] | None = None,
         classify: bool | None = None,
         residual: bool = False,
+        ensemble: int = 1,
         on_done: Callable[[Outcome], Any] | None = None,
     ) -> bool:
         """Start a run; False (with a message, nothing changed) when it cannot start."""
@@ -105,6 +106,7 @@ class LayerRun(QObject):
                 residual=residual,
                 cancel=cancel,
                 model_label=label,
+                ensemble=ensemble,
             )
 
         import threading

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 
 from napari_addunet.engine.axes import AxesError, infer_axes
 from napari_addunet.engine.checkpoint import CheckpointError, bundled_models
+from napari_addunet.engine.ensemble import ENSEMBLE_SIZES
 from napari_addunet.session import session as get_session
 
 from ._common import DeviceCombo, LayerCombo, real_viewer, set_status, show_error, status_label
@@ -87,6 +88,14 @@ class DenoiseWidget(QWidget):
             "receptive field, so the result does not depend on the tile size."
         )
         form.addRow("tile", self.tile_spin)
+        self.ensemble_combo = QComboBox()
+        for n in ENSEMBLE_SIZES:
+            self.ensemble_combo.addItem("off" if n == 1 else f"{n} orientations ({n}x the time)", n)
+        self.ensemble_combo.setToolTip(
+            "Self-ensemble: denoise flipped and transposed copies of the image and average the results "
+            "back in place. A little better, at that many times the compute and the same memory."
+        )
+        form.addRow("self-ensemble", self.ensemble_combo)
         self.device_combo = DeviceCombo()
         form.addRow("device", self.device_combo)
         self.residual_check = QCheckBox("add the residual (input - denoised)")
@@ -237,6 +246,7 @@ class DenoiseWidget(QWidget):
             device=self.device_combo.device(),
             classify=True if self.classify_check.isChecked() else False,
             residual=self.residual_check.isChecked(),
+            ensemble=int(self.ensemble_combo.currentData()),
         )
 
     def _set_running(self, running: bool) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .ensemble import EnsembleError, check_ensemble, ensemble_mean
 from .metrics import psnr as _psnr
 from .metrics import ssim as _ssim
 
@@ -72,6 +73,7 @@ class EvaluationReport:
     rows: list[EvaluationRow]
     sigmas: list[float]
     images: list[str]
+    ensemble: int = 1
 
     def mean(self, sigma: float) -> dict[str, float]:
         """Mean PSNR/SSIM (and of the noisy inputs) over the images at one noise level."""
@@ -95,6 +97,7 @@ class EvaluationReport:
         return {
             "protocol": PROTOCOL,
             "model": self.model,
+            "ensemble": self.ensemble,
             "sigmas": self.sigmas,
             "images": self.images,
             "results": results,
@@ -192,11 +195,17 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.uint8((np.clip(x, 0, 1) * 255.0).round())
 
 
-def run_model(model: Any, x: np.ndarray, device: torch.device) -> np.ndarray:
-    """The model's output on a 2-D float image, with no normalisation and no clipping."""
+def run_model(model: Any, x: np.ndarray, device: torch.device, ensemble: int = 1) -> np.ndarray:
+    """The model's output on a 2-D float image, with no normalisation and no clipping.
+
+    ``ensemble`` > 1 averages over that many orientations of the image
+    (:mod:`~napari_addunet.engine.ensemble`).
+    """
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(device)
-        return model(t).denoised[0, 0].float().cpu().numpy()
+        if ensemble == 1:
+            return model(t).denoised[0, 0].float().cpu().numpy()
+        return ensemble_mean(lambda v: model(v).denoised, t, ensemble)[0, 0].cpu().numpy()
 
 
 def evaluate(
@@ -206,6 +215,7 @@ def evaluate(
     *,
     device: str | torch.device | None = "cpu",
     progress: Callable[[EvaluationProgress], None] | None = None,
+    ensemble: int = 1,
 ) -> EvaluationReport:
     """PSNR/SSIM of a denoiser with the protocol of the published tables.
 
@@ -222,6 +232,9 @@ def evaluate(
         Where to run the model.
     progress
         Called after each (image, sigma).
+    ensemble
+        Self-ensemble size (1, 2, 4 or 8): the output is the mean over that many orientations
+        of the noisy image (:mod:`~napari_addunet.engine.ensemble`); 1 (default) is off.
 
     Returns
     -------
@@ -233,6 +246,10 @@ def evaluate(
     sig = [float(s) for s in sigmas]
     if not sig or any(not math.isfinite(s) or s < 0 for s in sig):
         raise EvaluationError(f"sigmas must be non-negative numbers, got {list(sigmas)}")
+    try:
+        ensemble = check_ensemble(ensemble)
+    except EnsembleError as exc:
+        raise EvaluationError(str(exc)) from exc
     net = resolve_model(model)
     dev = resolve_device(device)
     net = net.to(dev).eval()
@@ -244,7 +261,7 @@ def evaluate(
         for img_name, clean in data:
             t0 = time.perf_counter()
             noisy = add_protocol_noise(clean, s)
-            out = to_uint8(run_model(net, noisy, dev))
+            out = to_uint8(run_model(net, noisy, dev, ensemble))
             noisy8 = to_uint8(noisy)
             rows.append(
                 EvaluationRow(
@@ -260,7 +277,7 @@ def evaluate(
             done += 1
             if progress is not None:
                 progress(EvaluationProgress(done, total, img_name, s))
-    return EvaluationReport(model=name, rows=rows, sigmas=sig, images=[n for n, _ in data])
+    return EvaluationReport(model=name, rows=rows, sigmas=sig, images=[n for n, _ in data], ensemble=ensemble)
 
 
 # -- the bundled models' self-check -----------------------------------------------------------------

@@ -29,6 +29,7 @@ from napari_addunet.models import DenoiserModel
 
 from .axes import plane_layout, resolve_axes
 from .devices import resolve_device
+from .ensemble import check_ensemble
 from .lazy import denoise_lazy, is_dask_array
 from .normalization import (
     NAN_POLICIES,
@@ -209,6 +210,7 @@ def iter_denoise(
     lazy: bool | None = None,
     out: Any = None,
     precision: str = "auto",
+    ensemble: int = 1,
 ) -> Generator[Progress, None, PredictResult]:
     """Denoise ``data`` step by step, yielding :class:`Progress`; return a :class:`PredictResult`.
 
@@ -263,6 +265,10 @@ def iter_denoise(
         ``"auto"`` (CUDA: bfloat16 where supported, else float16, unless the model's metadata
         has ``"autocast": False``; other devices: float32), ``"float32"``, ``"float16"``,
         ``"bfloat16"``.
+    ensemble
+        Self-ensemble: average the result over this many orientations of each tile (1, 2, 4
+        or 8; see :mod:`~napari_addunet.engine.ensemble`). Usually a little better; costs that
+        many times the compute, at the same memory. 1 (default) is off.
 
     Yields
     ------
@@ -277,7 +283,7 @@ def iter_denoise(
     Raises
     ------
     AxesError, EmptyInputError, DTypeError, NonFiniteError, NormalizationError, TileError,
-    TileMemoryError, GateError, DeviceError, InferenceCancelled
+    TileMemoryError, GateError, DeviceError, EnsembleError, InferenceCancelled
         With a message saying what to change.
     """
     from .checkpoint import resolve_model
@@ -293,6 +299,7 @@ def iter_denoise(
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
     gate_values = _check_gates(model, gates)
+    ensemble = check_ensemble(ensemble)
     norm_spec = (
         parse_normalization(normalization) if normalization is not None else model_normalization(model)
     )
@@ -357,6 +364,7 @@ def iter_denoise(
         amp=amp,
         channels_last=channels_last,
         nan_policy=nan_policy,
+        ensemble=ensemble,
     )
     details: dict[str, Any] = {
         "device": str(dev),
@@ -370,6 +378,7 @@ def iter_denoise(
         "precision": amp or "float32",
         "normalization": norm_spec,
         "joint_channels": layout.joint_channels,
+        "ensemble": ensemble,
     }
 
     def check_cancel(done: int, total: int) -> None:
@@ -504,6 +513,7 @@ def predict(
     lazy: bool | None = None,
     out: Any = None,
     precision: str = "auto",
+    ensemble: int = 1,
 ) -> PredictResult:
     """Denoise and classify ``data``; see :func:`iter_denoise` for the parameters.
 
@@ -533,6 +543,7 @@ def predict(
             lazy=False if lazy is None else lazy,
             out=out,
             precision=precision,
+            ensemble=ensemble,
         ),
         progress,
     )
@@ -556,6 +567,7 @@ def denoise(
     lazy: bool | None = None,
     out: Any = None,
     precision: str = "auto",
+    ensemble: int = 1,
 ) -> Any:
     """Denoise ``data`` and return a float32 array shaped like it, in its intensity units.
 
@@ -589,6 +601,7 @@ def denoise(
             lazy=lazy,
             out=out,
             precision=precision,
+            ensemble=ensemble,
         ),
         progress,
     ).denoised

@@ -136,6 +136,8 @@ class RunRecord:
         (:func:`~napari_addunet.engine.noise_estimate.estimate_sigma`).
     rgb
         Whether the input layer was RGB.
+    ensemble
+        Self-ensemble size of the run (1: off).
     """
 
     input_name: str
@@ -157,6 +159,7 @@ class RunRecord:
     sigma_before: float | None = None
     sigma_after: float | None = None
     rgb: bool = False
+    ensemble: int = 1
 
     def metadata(self) -> dict[str, Any]:
         """The record as stored in an output layer's ``metadata["napari_addunet"]``."""
@@ -175,6 +178,7 @@ class RunRecord:
             ("tile (px)", self.tile if self.tile else "whole planes"),
             ("axes", self.axes),
             ("gates", "learned" if self.gates is None else ", ".join(f"{g:.3f}" for g in self.gates)),
+            ("self-ensemble", "off" if self.ensemble == 1 else f"{self.ensemble} orientations"),
             ("noise sigma before", self.sigma_before),
             ("noise sigma after", self.sigma_after),
         ]
@@ -206,6 +210,7 @@ def iter_layer_denoise(
     residual: bool = False,
     cancel: threading.Event | None = None,
     model_label: str = "",
+    ensemble: int = 1,
 ) -> Generator[Progress, None, LayerRunResult]:
     """Denoise (and classify) a layer snapshot step by step; return the new layers.
 
@@ -217,7 +222,7 @@ def iter_layer_denoise(
         From :meth:`LayerSnapshot.from_layer`.
     axes
         Axis letters, or None to infer them from the shape and the layer's ``rgb`` flag.
-    tile, device, gates, cancel
+    tile, device, gates, cancel, ensemble
         As in :func:`~napari_addunet.engine.inference.iter_denoise`.
     classify
         None: class probabilities per plane when the model has a classification head.
@@ -253,6 +258,7 @@ def iter_layer_denoise(
         rgb=snapshot.rgb if axes is None else None,
         cancel=cancel,
         lazy=False,
+        ensemble=ensemble,
     )
     seconds = time.perf_counter() - t0
     denoised = np.asarray(result.denoised, dtype=np.float32)
@@ -286,6 +292,7 @@ def iter_layer_denoise(
         sigma_before=sigma_before,
         sigma_after=sigma_after,
         rgb=snapshot.rgb,
+        ensemble=int(result.details.get("ensemble", 1)),
     )
     meta = {METADATA_KEY: record.metadata()}
     geometry = snapshot.geometry()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .axes import PlaneLayout
+from .ensemble import orient, orientations, unorient
 from .normalization import Normalizer, fill_nonfinite, group_of, work_dtype
 from .tiling import PlaneDone, Replanned, TiledRunner, TilesDone
 
@@ -40,6 +41,7 @@ class Settings:
     amp: str | None
     channels_last: bool
     nan_policy: str
+    ensemble: int = 1
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -83,7 +85,13 @@ class Settings:
         forward pass already uses every CPU core (or the whole GPU)."""
         model, device = self.prepared_model()
         forward = make_forward(
-            model, device, self.gates, self.want_features, _AMP.get(self.amp or "", None), self.channels_last
+            model,
+            device,
+            self.gates,
+            self.want_features,
+            _AMP.get(self.amp or "", None),
+            self.channels_last,
+            self.ensemble,
         )
         lock = self.__dict__.setdefault("_forward_lock", threading.Lock())
 
@@ -109,10 +117,24 @@ def make_forward(
     want_features: bool,
     amp: torch.dtype | None,
     channels_last: bool,
+    ensemble: int = 1,
 ) -> Any:
-    """A numpy-in, numpy-out forward function for :class:`~napari_addunet.engine.tiling.TiledRunner`."""
+    """A numpy-in, numpy-out forward function for :class:`~napari_addunet.engine.tiling.TiledRunner`.
+
+    With ``ensemble`` > 1 the denoised image is the mean over that many orientations of the
+    input (see :mod:`~napari_addunet.engine.ensemble`); the features for classification come
+    from the untransformed input only.
+    """
     split = hasattr(model, "encode") and hasattr(model, "decode")
     gate_list = None if gates is None else list(gates)
+    extra = orientations(ensemble)[1:]
+
+    def image_only(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if split and gate_list is not None:
+            return model.decode(model.encode(x), gate_list).denoised
+        return model(x).denoised
 
     def run(x: torch.Tensor, owned: Sequence[tuple[int, int, int, int]], dtype: torch.dtype | None) -> Any:
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
@@ -130,6 +152,11 @@ def make_forward(
                 padded = tuple(xp.shape[-2:])
             else:
                 image = model(x).denoised
+            if extra:
+                total = image.float()
+                for o in extra:
+                    total += unorient(image_only(orient(x, o).contiguous()), o).float()
+                image = total / float(len(extra) + 1)
         image = image.float()
         sums = None
         if feats is not None:
