@@ -22,6 +22,8 @@ the load of a shared machine falls on all rows alike and the column compares the
 Rows:
 
 * ``addunet-bundled``: the bundled model ``addunet-gray-blind``;
+* ``addunet-bundled-x8``: the same model with the engine's self-ensemble of 8 orientations
+  (``ensemble=8``: the mean of 8 forward passes, so 8 times the compute);
 * ``budget-<name>``: every ``training/budget/<name>.safetensors`` present, trained with the
   same budget by ``benchmarks/select_config.py``;
 * ``--model NAME=PATH``: any other checkpoint;
@@ -148,6 +150,7 @@ class Method:
     source: str = ""  # a bundled model's name or a checkpoint path (models only)
     file: Path | None = None  # the checkpoint file (models only)
     settings: dict[str, Any] = field(default_factory=dict)
+    ensemble: int = 1  # self-ensemble size (models only)
 
 
 def model_methods(extra: Sequence[str], unfinished: bool = False) -> list[Method]:
@@ -172,6 +175,8 @@ def model_methods(extra: Sequence[str], unfinished: bool = False) -> list[Method
     bundled = na.bundled_models()
     if BUNDLED in bundled:
         rows.append(Method("addunet-bundled", "model", f"bundled `{BUNDLED}`", BUNDLED, bundled[BUNDLED]))
+        label = f"bundled `{BUNDLED}`, self-ensemble of 8 orientations (8 forward passes)"
+        rows.append(Method("addunet-bundled-x8", "model", label, BUNDLED, bundled[BUNDLED], ensemble=8))
     candidates: dict[str, tuple[str, dict, str]] = {}
     try:
         candidates = _select_config().CANDIDATES
@@ -278,16 +283,25 @@ def _median_seconds(fn: Callable[[], Any]) -> float:
     return statistics.median(times)
 
 
-def time_model(model: Any) -> float:
-    """CPU seconds per megapixel: median of 3 forward passes of a 1024 x 1024 input, 1 thread."""
-    torch.set_num_threads(1)
-    x = torch.rand(1, 1, TIMING_SIDE, TIMING_SIDE, generator=torch.Generator().manual_seed(0))
+def forward_job(model: Any, x: torch.Tensor, ensemble: int = 1) -> Callable[[], Any]:
+    """One timed call: a forward pass of ``x``, or the self-ensemble's ``ensemble`` passes."""
+    from napari_addunet.engine.ensemble import ensemble_mean
 
     def run() -> None:
         with torch.no_grad():
-            model(x)
+            if ensemble == 1:
+                model(x)
+            else:
+                ensemble_mean(lambda v: model(v).denoised, x, ensemble)
 
-    return _median_seconds(run) / (TIMING_SIDE * TIMING_SIDE / 1e6)
+    return run
+
+
+def time_model(model: Any, ensemble: int = 1) -> float:
+    """CPU seconds per megapixel: median of 3 runs on a 1024 x 1024 input, 1 thread."""
+    torch.set_num_threads(1)
+    x = torch.rand(1, 1, TIMING_SIDE, TIMING_SIDE, generator=torch.Generator().manual_seed(0))
+    return _median_seconds(forward_job(model, x, ensemble)) / (TIMING_SIDE * TIMING_SIDE / 1e6)
 
 
 def retime(
@@ -313,13 +327,10 @@ def retime(
             continue
         if m.kind == "model":
             model = na.load_model(m.file if m.file is not None else m.source).eval()
-
-            def run(model: Any = model) -> None:
-                with torch.no_grad():
-                    model(x)
-
             what = f"{TIMING_SIDE}x{TIMING_SIDE} float32 forward pass under torch.no_grad()"
-            jobs[m.name] = (run, TIMING_SIDE * TIMING_SIDE / 1e6, what)
+            if m.ensemble > 1:
+                what += f", self-ensemble of {m.ensemble} (that many passes)"
+            jobs[m.name] = (forward_job(model, x, m.ensemble), TIMING_SIDE * TIMING_SIDE / 1e6, what)
         else:
             tv = entry.get("settings", {}).get("tuning", {}).get("chosen_weight")
             fn = classical_denoiser(m.name, tv)
@@ -495,12 +506,14 @@ def measure(
             sha256=_sha256(method.file) if method.file is not None else None,
             architecture=model.architecture,
             parameters=int(sum(p.numel() for p in model.parameters())),
-            macs_per_pixel=int(round(na.macs_per_pixel(model))),
+            macs_per_pixel=int(round(na.macs_per_pixel(model))) * method.ensemble,
+            ensemble=method.ensemble,
         )
         print(f"[{method.name}] {entry['parameters']:,} parameters; timing ...", flush=True)
-        entry["cpu_seconds_per_mp"] = round(time_model(model), 4)
+        entry["cpu_seconds_per_mp"] = round(time_model(model, method.ensemble), 4)
         entry["timing"] = (
             "1024x1024 float32 forward pass under torch.no_grad(), median of 3 after 1 warm-up, 1 thread"
+            + (f"; self-ensemble of {method.ensemble} passes" if method.ensemble > 1 else "")
         )
         runs = {}
         for ds, images in datasets.items():
@@ -509,7 +522,10 @@ def measure(
                 if p.done % n == 0:
                     print(f"[{method.name}] {ds} sigma {p.sigma:g}: {n} images done", flush=True)
 
-            runs[ds] = _scores(na.evaluate(model, images, sigmas, device="cpu", progress=progress))
+            report = na.evaluate(
+                model, images, sigmas, device="cpu", progress=progress, ensemble=method.ensemble
+            )
+            runs[ds] = _scores(report)
     else:
         try:
             settings = dict(method.settings)
@@ -559,7 +575,7 @@ def is_current(
             return False
     if method.kind == "model" and method.file is not None and entry.get("sha256") != _sha256(method.file):
         return False
-    return True
+    return entry.get("ensemble", 1) == method.ensemble
 
 
 # -- markdown ---------------------------------------------------------------------------------
@@ -597,13 +613,13 @@ def _join(values: list[float] | None, digits: int) -> str:
 
 
 def _ordered(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    rank = {"addunet-bundled": 0}
+    rank = {"addunet-bundled": 0, "addunet-bundled-x8": 1}
     entries = list(doc.get("methods", {}).values())
 
     def key(e: dict[str, Any]) -> tuple:
         name = e["name"]
         if name in rank:
-            return (0, 0, "")
+            return (0, rank[name], "")
         if name.startswith("budget-"):
             return (1, e.get("order", 99), name)
         if e["kind"] == "model":

@@ -197,3 +197,43 @@ def test_train_bundled_denoiser_refuses_missing_init_weights(tmp_path, capsys):
         )
     assert "--init: no such model file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_ensemble_row_is_scored_with_the_ensemble_and_judged_on_its_own(tmp_path, monkeypatch):
+    den = _script("denoising")
+    summary = _script("summary")
+    monkeypatch.setattr(den, "TIMING_SIDE", 32)
+    names = [m.name for m in den.model_methods([])]
+    assert names[:2] == ["addunet-bundled", "addunet-bundled-x8"]
+    model_file = tmp_path / "tiny.safetensors"
+    torch.manual_seed(0)
+    na.save_model(na.create_model("addunet", width=4, kernels=(3, 3)), model_file)
+    image = (np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)
+    datasets = {"set12": {"01.png": image}}
+    rows = {}
+    for n in (1, 8):
+        m = den.Method(f"tiny-{n}", "model", "tiny", source=str(model_file), file=model_file, ensemble=n)
+        rows[n] = den.measure(m, datasets, (25.0,), tmp_path)
+        assert den.is_current(rows[n], m, datasets, (25.0,))
+    assert rows[8]["ensemble"] == 8 and rows[8]["macs_per_pixel"] == 8 * rows[1]["macs_per_pixel"]
+    direct = na.evaluate(na.load_model(model_file), {"01.png": image}, (25,), ensemble=8).mean(25)["psnr"]
+    assert rows[8]["datasets"]["set12"]["results"]["25"]["psnr"] == pytest.approx(direct, abs=1e-4)
+    assert (
+        rows[8]["datasets"]["set12"]["results"]["25"]["psnr"]
+        != rows[1]["datasets"]["set12"]["results"]["25"]["psnr"]
+    )
+    m1 = den.Method("tiny-1", "model", "tiny", source=str(model_file), file=model_file, ensemble=8)
+    assert not den.is_current(rows[1], m1, datasets, (25.0,))  # a cached plain row is not the ensemble's
+
+    doc = _denoising_doc((31.28, 28.87, 25.90))
+    x8 = {"parameters": 1, "ensemble": 8, "cpu_seconds_per_mp": 80.0}
+    x8["datasets"] = {
+        "bsd68": {"results": {s: {"psnr": v} for s, v in (("15", 31.38), ("25", 28.93), ("50", 25.97))}}
+    }
+    doc["methods"]["addunet-bundled-x8"] = x8
+    dncnn = _denoising_doc((30.5, 28.0, 24.9))["methods"]["addunet-bundled"]
+    doc["methods"]["budget-dncnn"] = {**dncnn, "cpu_seconds_per_mp": 16.0}
+    text = "\n".join(summary.denoising_section(doc, None))
+    assert "is NOT met (1 of 3 sigmas)" in text  # the plain model is judged alone
+    assert "self-ensemble of 8" in text and "is met at 3 of 3 sigmas this way" in text
+    assert "5.0x DnCNN's" in text and "outside the goal's CPU-time condition" in text
