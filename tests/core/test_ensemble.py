@@ -140,7 +140,7 @@ def test_gates_apply_in_every_orientation(model, one_thread):
     assert list(model.gates) != gates  # the call did not change the model
 
 
-def test_stacks_and_lazy_input(model, one_thread):
+def test_stacks_and_lazy_input(model):  # no one_thread: it would stick to dask's worker threads
     da = pytest.importorskip("dask.array")
     stack = np.random.default_rng(3).random((3, 32, 40)).astype(np.float32)
     eager = denoise(model, stack, axes="ZYX", device="cpu", ensemble=4)
