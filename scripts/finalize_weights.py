@@ -11,8 +11,10 @@ protocol bypasses it and feeds [0, 1] images), refuses metadata that names a mac
 refuses a model that does not beat the noisy input,
 and records ``self_check``: the protocol's PSNR on a crop of scikit-image's camera at sigma
 15, 25 and 50, which ``tests/core/test_bundled_models.py`` recomputes. ``--started-from``
-names the weights a fine-tuning run started from, for runs whose metadata does not record them
-yet (the training loop records them itself since it learned to).
+names the weights the earliest recorded run started from, for runs whose metadata does not
+record them (the training loop records them itself since it learned to, but a run started from
+weights made before then records that run without its own origin): it completes the chain of
+``training.started_from`` records at its end.
 """
 
 from __future__ import annotations
@@ -25,6 +27,20 @@ import napari_addunet as na
 from napari_addunet.engine.checkpoint import local_paths
 from napari_addunet.engine.evaluation import self_check
 from napari_addunet.engine.training import earlier_training
+
+
+def attach_origin(training: dict, earlier: dict) -> int:
+    """Set ``earlier`` as the origin of the last record in ``training``'s ``started_from`` chain.
+
+    Copies the records it walks through (the caller's dicts are not changed) and returns the
+    depth at which ``earlier`` was attached (1: the run itself started from it).
+    """
+    depth, record = 1, training
+    while isinstance(record.get("started_from"), dict):
+        record["started_from"] = dict(record["started_from"])
+        record, depth = record["started_from"], depth + 1
+    record["started_from"] = earlier
+    return depth
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         training["data_description"] = (
             "DnCNN Train400 (400 BSD images, 180x180 grey); 380 trained, every 20th held out for validation"
         )
-    if args.started_from is not None and "started_from" not in training:
+    if args.started_from is not None:
         earlier = earlier_training(na.load_model(args.started_from).metadata)
         if earlier is None:
             raise SystemExit(f"{args.started_from} has no training record")
-        training["started_from"] = earlier
+        attach_origin(training, earlier)
     training["noise_description"] = "blind Gaussian, sigma uniform in [0, 55] on [0, 255]"
     meta["training"] = training
     bad = local_paths(meta)

@@ -237,3 +237,17 @@ def test_ensemble_row_is_scored_with_the_ensemble_and_judged_on_its_own(tmp_path
     assert "is NOT met (1 of 3 sigmas)" in text  # the plain model is judged alone
     assert "self-ensemble of 8" in text and "is met at 3 of 3 sigmas this way" in text
     assert "5.0x DnCNN's" in text and "outside the goal's CPU-time condition" in text
+
+
+def test_finalize_started_from_completes_the_chain_at_its_end():
+    fin = _script("finalize_weights", "scripts")
+    first = {"command": "run 1", "steps": 4800}
+    nested = {"command": "run 2", "steps": 3100}
+    training = {"command": "run 3", "steps": 8000, "started_from": nested}
+    assert fin.attach_origin(training, first) == 2
+    assert (
+        training["started_from"]["started_from"] == first and training["started_from"]["command"] == "run 2"
+    )
+    assert nested == {"command": "run 2", "steps": 3100}  # the caller's record is not changed
+    lone = {"command": "run 2"}
+    assert fin.attach_origin(lone, first) == 1 and lone["started_from"] == first
