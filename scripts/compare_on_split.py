@@ -3,6 +3,7 @@
 Usage, from the repository root, with ``TRAIN400`` the DnCNN training folder::
 
     python scripts/compare_on_split.py TRAIN400 MODEL.safetensors [MODEL.safetensors ...]
+    python scripts/compare_on_split.py TRAIN400 MODEL.safetensors --ensemble 1 8   # with and without
 
 Each model is scored with the published tables' protocol (``napari_addunet.evaluate``) on the
 20 held-out images of ``benchmarks/select_config.py`` (every 20th image, sorted by name) at
@@ -31,13 +32,13 @@ def _split(train400: Path) -> list[Path]:
     return module.split_train400(train400)[1]
 
 
-def score(model_file: Path, val_files: list[Path]) -> dict:
+def score(model_file: Path, val_files: list[Path], ensemble: int = 1) -> dict:
     """Held-out mean PSNR per sigma of one model file, with its training step count."""
     model = na.load_model(model_file).eval()
-    report = na.evaluate(model, [str(f) for f in val_files], SIGMAS, device="cpu")
+    report = na.evaluate(model, [str(f) for f in val_files], SIGMAS, device="cpu", ensemble=ensemble)
     training = model.metadata.get("training", {})
     return {
-        "model": model_file.name,
+        "model": model_file.name + (f" (self-ensemble of {ensemble})" if ensemble > 1 else ""),
         "step": training.get("metrics", {}).get("step", training.get("steps")),
         "command": training.get("command", ""),
         "psnr": [report.mean(s)["psnr"] for s in SIGMAS],
@@ -49,13 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("train400", type=Path)
     ap.add_argument("models", type=Path, nargs="+")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--ensemble",
+        type=int,
+        nargs="+",
+        default=[1],
+        choices=[1, 2, 4, 8],
+        help="self-ensemble sizes to score each model with (default: 1, off)",
+    )
     args = ap.parse_args(argv)
     missing = [str(m) for m in args.models if not m.is_file()]
     if missing:
         ap.error("no such model file: " + ", ".join(missing))
     torch.set_num_threads(args.threads)
     val_files = _split(args.train400)
-    rows = sorted((score(m, val_files) for m in args.models), key=lambda r: -sum(r["psnr"]))
+    scores = (score(m, val_files, n) for m in args.models for n in args.ensemble)
+    rows = sorted(scores, key=lambda r: -sum(r["psnr"]))
     print("| model | step | " + " | ".join(f"sigma {s:g}" for s in SIGMAS) + " | mean |")
     print("|---|---:|" + "---:|" * (len(SIGMAS) + 1))
     for r in rows:

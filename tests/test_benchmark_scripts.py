@@ -181,6 +181,14 @@ def test_compare_on_split_scores_models_on_the_held_out_images_best_first(tmp_pa
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert rows[0].startswith("| trained.safetensors | 60 |")  # the better model first, with its step
     assert rows[1].startswith("| untrained.safetensors |")
+    assert cmp.main([str(folder), str(trained), "--ensemble", "1", "8"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    cells = {r.split(" | ")[0]: [float(c) for c in r.strip(" |").split(" | ")[2:5]] for r in rows}
+    assert set(cells) == {"| trained.safetensors", "| trained.safetensors (self-ensemble of 8)"}
+    val = [str(f) for f in sorted(folder.glob("*.png"))[::20]]
+    direct = na.evaluate(na.load_model(trained), val, (15, 25, 50), ensemble=8)
+    got = cells["| trained.safetensors (self-ensemble of 8)"]
+    assert got == pytest.approx([direct.mean(s)["psnr"] for s in (15, 25, 50)], abs=1e-3)
     with pytest.raises(SystemExit):
         cmp.main([str(folder), str(tmp_path / "missing.safetensors")])
     assert "no such model file" in capsys.readouterr().err
