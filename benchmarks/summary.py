@@ -155,7 +155,8 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
                 f"{rows['dncnn (17 layers, 64 channels)']['macs_per_pixel']:,}."
             )
     dn = methods.get("budget-dncnn")
-    if doc.get("timing_run") and bundled and dn and "error" not in dn:
+    side_by_side = all("side by side" in (e or {}).get("timing", "") for e in (bundled, dn))
+    if doc.get("timing_run") and bundled and dn and "error" not in dn and side_by_side:
         ratio = bundled["cpu_seconds_per_mp"] / dn["cpu_seconds_per_mp"]
         lines.append(
             f"- The denoising table's own side-by-side timing pass (1024 x 1024 input, "

@@ -259,3 +259,19 @@ def test_finalize_started_from_completes_the_chain_at_its_end():
     assert nested == {"command": "run 2", "steps": 3100}  # the caller's record is not changed
     lone = {"command": "run 2"}
     assert fin.attach_origin(lone, first) == 1 and lone["started_from"] == first
+
+
+def test_summary_states_the_table_ratio_only_for_rows_timed_side_by_side():
+    summary = _script("summary")
+    doc = _denoising_doc((31.28, 28.87, 25.90))
+    doc["methods"]["budget-dncnn"] = {**_denoising_doc((30.5, 28.0, 24.9))["methods"]["addunet-bundled"]}
+    doc["timing_run"] = {"date": "2026-11-21", "rows": ["addunet-bundled", "budget-dncnn"]}
+    for name, seconds in (("addunet-bundled", 9.0), ("budget-dncnn", 15.0)):
+        doc["methods"][name].update(
+            cpu_seconds_per_mp=seconds, timing="1024x1024; side by side with every row"
+        )
+    assert "side-by-side timing pass" in "\n".join(summary.denoising_section(doc, None))
+    doc["methods"]["addunet-bundled"]["timing"] = (
+        "1024x1024 float32 forward pass, median of 3"  # rescored alone
+    )
+    assert "side-by-side timing pass" not in "\n".join(summary.denoising_section(doc, None))
