@@ -30,11 +30,13 @@ SCRIPT = textwrap.dedent(
         model_settings={"width": 4, "kernels": (3,)}, output=sys.argv[1],
     )
     flat = torch.cat([v.flatten() for v in result.model.state_dict().values()])
-    print("RESULT " + json.dumps({
-        "rank": int(os.environ["RANK"]), "world": int(os.environ["WORLD_SIZE"]), "step": result.step,
-        "reason": result.reason, "checksum": float(flat.double().sum()),
-        "processes": result.model.metadata["training"]["processes"],
-    }))
+    rank = int(os.environ["RANK"])
+    with open(f"result-{rank}.json", "w") as f:  # one file per rank: printed lines can interleave
+        json.dump({
+            "rank": rank, "world": int(os.environ["WORLD_SIZE"]), "step": result.step,
+            "reason": result.reason, "checksum": float(flat.double().sum()),
+            "processes": result.model.metadata["training"]["processes"],
+        }, f)
     """
 )
 
@@ -60,12 +62,7 @@ def test_two_process_gloo_run_completes_with_identical_weights(tmp_path, repo_ro
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted(
-        (
-            json.loads(line[len("RESULT ") :])
-            for line in proc.stdout.splitlines()
-            if line.startswith("RESULT ")
-        ),
-        key=lambda r: r["rank"],
+        (json.loads(f.read_text()) for f in tmp_path.glob("result-*.json")), key=lambda r: r["rank"]
     )
     assert [r["rank"] for r in results] == [0, 1]
     assert all(r["world"] == 2 and r["step"] == 6 and r["reason"] == "completed" for r in results)
