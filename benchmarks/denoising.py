@@ -289,10 +289,7 @@ def forward_job(model: Any, x: torch.Tensor, ensemble: int = 1) -> Callable[[], 
 
     def run() -> None:
         with torch.no_grad():
-            if ensemble == 1:
-                model(x)
-            else:
-                ensemble_mean(lambda v: model(v).denoised, x, ensemble)
+            ensemble_mean(lambda v: model(v).denoised, x, ensemble)
 
     return run
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import napari_addunet as na
+from napari_addunet.engine.ensemble import ENSEMBLE_SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMAS = (15.0, 25.0, 50.0)
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         default=[1],
-        choices=[1, 2, 4, 8],
+        choices=list(ENSEMBLE_SIZES),
         help="self-ensemble sizes to score each model with (default: 1, off)",
     )
     args = ap.parse_args(argv)

@@ -293,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
     sub = parser.add_subparsers(dest="command", required=True)
+    from napari_addunet.cli_training import add_ensemble_option
     from napari_addunet.cli_training import register as register_training
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -317,13 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="output file, or folder for several inputs")
     p.add_argument("--tile", default=None, help="tile side in pixels, or auto")
     p.add_argument("--gates", default=None, help="AddUNet skip gates, comma-separated, shallow to deep")
-    p.add_argument(
-        "--ensemble",
-        type=int,
-        default=1,
-        choices=[1, 2, 4, 8],
-        help="self-ensemble: average over this many flips/transposes (N times the time; default 1: off)",
-    )
+    add_ensemble_option(p)
     p.add_argument(
         "--output-format",
         choices=["tiff", "input"],

@@ -374,6 +374,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_ensemble_option(p: argparse.ArgumentParser) -> None:
+    """``--ensemble N``: the self-ensemble size (:mod:`napari_addunet.engine.ensemble`)."""
+    from .engine.ensemble import ENSEMBLE_SIZES
+
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        choices=list(ENSEMBLE_SIZES),
+        help="self-ensemble: average over this many flips/transposes of each image, "
+        "N times the time (default 1: off)",
+    )
+
+
 # -- registration -----------------------------------------------------------------------------------
 def register(subparsers: Any) -> None:
     """Add the ``train`` and ``evaluate`` commands to the main parser's sub-commands."""
@@ -443,12 +457,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sigma", default="15,25,50", help="noise levels on [0, 255], comma-separated")
     p.add_argument("--json", default=None, help="write the results as JSON to this file ('-': stdout only)")
     p.add_argument("--means-only", action="store_true", help="print only the mean per noise level")
-    p.add_argument(
-        "--ensemble",
-        type=int,
-        default=1,
-        choices=[1, 2, 4, 8],
-        help="self-ensemble: average over this many flips/transposes of each image (default 1: off)",
-    )
+    add_ensemble_option(p)
     hidden_common(p, "cpu")
     p.set_defaults(func=cmd_evaluate)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -95,6 +93,15 @@ def test_ensemble_mean_matches_a_numpy_reference():
             )
             np.testing.assert_allclose(got[b, 0], ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(ensemble_mean(run, x, 1), run(x))
+    calls = []
+
+    def counted(v):
+        calls.append(v.shape)
+        return run(v)
+
+    given = ensemble_mean(counted, x, 8, identity=run(x))  # the identity pass is not run again
+    assert len(calls) == 7
+    torch.testing.assert_close(given, ensemble_mean(run, x, 8))
 
 
 def test_denoise_averages_the_oriented_results(model, one_thread):
@@ -203,78 +210,37 @@ def test_bundled_denoiser_gains_from_the_ensemble(one_thread):
     assert ens.mean(25)["psnr"] > plain.mean(25)["psnr"]
 
 
-def test_command_line_ensemble(tmp_path, model):
+def test_command_line_ensemble(tmp_path, model, capsys):
     import tifffile
 
+    from napari_addunet.cli import main
     from napari_addunet.engine.checkpoint import save_model
 
     ckpt = tmp_path / "tiny.safetensors"
     save_model(model, ckpt)
     img = np.random.default_rng(8).random((32, 32)).astype(np.float32)
     tifffile.imwrite(tmp_path / "in.tif", img)
-    cmd = [sys.executable, "-c", "import sys; from napari_addunet.cli import main; sys.exit(main())", "-q"]
-    run = subprocess.run(
-        [
-            *cmd,
-            "denoise",
-            str(tmp_path / "in.tif"),
-            "-o",
-            str(tmp_path / "out.tif"),
-            "-m",
-            str(ckpt),
-            "--device",
-            "cpu",
-            "--ensemble",
-            "8",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr
+
+    def denoise_cli(out: str, ensemble: str) -> int:
+        argv = ["-q", "denoise", str(tmp_path / "in.tif"), "-o", str(tmp_path / out), "-m", str(ckpt)]
+        return main([*argv, "--device", "cpu", "--ensemble", ensemble])
+
+    assert denoise_cli("out.tif", "8") == 0
     np.testing.assert_allclose(
         tifffile.imread(tmp_path / "out.tif"),
         denoise(model, img, device="cpu", ensemble=8),
         rtol=1e-5,
         atol=1e-5,
     )
-    bad = subprocess.run(
-        [
-            *cmd,
-            "denoise",
-            str(tmp_path / "in.tif"),
-            "-o",
-            str(tmp_path / "bad.tif"),
-            "-m",
-            str(ckpt),
-            "--ensemble",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode != 0 and "--ensemble" in bad.stderr and not (tmp_path / "bad.tif").exists()
+    with pytest.raises(SystemExit) as refused:
+        denoise_cli("bad.tif", "3")
+    assert refused.value.code == 2 and "--ensemble" in capsys.readouterr().err
+    assert not (tmp_path / "bad.tif").exists()
     clean = (img * 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "clean.tif", clean)
-    ev = subprocess.run(
-        [
-            *cmd,
-            "evaluate",
-            "-m",
-            str(ckpt),
-            "--images",
-            str(tmp_path / "clean.tif"),
-            "--sigma",
-            "25",
-            "--ensemble",
-            "2",
-            "--json",
-            "-",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert ev.returncode == 0, ev.stderr
-    report = json.loads(ev.stdout)
+    argv = ["-q", "evaluate", "-m", str(ckpt), "--images", str(tmp_path / "clean.tif"), "--sigma", "25"]
+    assert main([*argv, "--ensemble", "2", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["ensemble"] == 2
     direct = evaluate(model, {"clean": clean}, (25,), ensemble=2)
     assert report["results"]["25"]["mean"]["psnr"] == pytest.approx(direct.mean(25)["psnr"], abs=1e-9)

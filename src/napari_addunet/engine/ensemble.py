@@ -78,16 +78,20 @@ def unorient(y: torch.Tensor, o: tuple[bool, bool, bool]) -> torch.Tensor:
 
 
 def ensemble_mean(
-    run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ensemble: int
+    run: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    ensemble: int,
+    identity: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean of ``unorient(run(orient(x, o)), o)`` over the first ``ensemble`` orientations.
 
     ``run`` maps a ``(N, C, H, W)`` tensor to a tensor of the same height and width (the
     orientation's own, so height and width are swapped for transposed orientations).
+    ``identity``: ``run(x)`` when the caller has it already (it is then not run again).
     """
     total: torch.Tensor | None = None
     for o in orientations(ensemble):
-        y = unorient(run(orient(x, o).contiguous()), o).float()
-        total = y if total is None else total.add_(y)
+        y = identity if identity is not None and not any(o) else unorient(run(orient(x, o).contiguous()), o)
+        total = y.float() if total is None else total.add_(y.float())
     assert total is not None
     return total.div_(float(ensemble)) if ensemble > 1 else total

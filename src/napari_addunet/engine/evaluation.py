@@ -203,8 +203,6 @@ def run_model(model: Any, x: np.ndarray, device: torch.device, ensemble: int = 1
     """
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(device)
-        if ensemble == 1:
-            return model(t).denoised[0, 0].float().cpu().numpy()
         return ensemble_mean(lambda v: model(v).denoised, t, ensemble)[0, 0].cpu().numpy()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .axes import PlaneLayout
-from .ensemble import orient, orientations, unorient
+from .ensemble import ensemble_mean
 from .normalization import Normalizer, fill_nonfinite, group_of, work_dtype
 from .tiling import PlaneDone, Replanned, TiledRunner, TilesDone
 
@@ -127,7 +127,6 @@ def make_forward(
     """
     split = hasattr(model, "encode") and hasattr(model, "decode")
     gate_list = None if gates is None else list(gates)
-    extra = orientations(ensemble)[1:]
 
     def image_only(x: torch.Tensor) -> torch.Tensor:
         if channels_last:
@@ -152,11 +151,8 @@ def make_forward(
                 padded = tuple(xp.shape[-2:])
             else:
                 image = model(x).denoised
-            if extra:
-                total = image.float()
-                for o in extra:
-                    total += unorient(image_only(orient(x, o).contiguous()), o).float()
-                image = total / float(len(extra) + 1)
+            if ensemble > 1:
+                image = ensemble_mean(image_only, x, ensemble, identity=image)
         image = image.float()
         sums = None
         if feats is not None:
