@@ -7,7 +7,8 @@ Run by hand (not in CI), from the repository root:
 The models are timed in turns (round 1: every model once, round 2: again, ...), so that the
 load of a shared machine falls on all of them alike; the result is the median per model and
 its ratio to DnCNN. The weights do not change the time of a forward pass: DnCNN and U-Net
-are built at their default sizes. Writes ``docs/benchmarks/cpu-time.json`` and ``.md``.
+are built at their default sizes. The bundled model is timed twice: one plain forward pass,
+and the engine's self-ensemble of 2 (the image and its mirror, two passes and their mean). Writes ``docs/benchmarks/cpu-time.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -28,15 +29,30 @@ OUT_JSON = ROOT / "docs" / "benchmarks" / "cpu-time.json"
 OUT_MD = ROOT / "docs" / "benchmarks" / "cpu-time.md"
 
 
-def models() -> dict[str, torch.nn.Module]:
+BUNDLED_ROW = "addunet-gray-blind (bundled)"
+DNCNN_ROW = "dncnn (17 layers, 64 channels)"
+BUNDLED_X2_ROW = "addunet-gray-blind, self-ensemble of 2 (2 passes)"
+
+
+def models() -> dict[str, tuple[torch.nn.Module, int]]:
+    """The timed rows: a model and its self-ensemble size (1: one plain forward pass)."""
     import napari_addunet as na
 
+    bundled = na.load_model("addunet-gray-blind")
     return {
-        "addunet-gray-blind (bundled)": na.load_model("addunet-gray-blind"),
-        "dncnn (17 layers, 64 channels)": na.create_model("dncnn"),
-        "unet (default)": na.create_model("unet"),
-        "addunet default (constant resolution, C=32, 9-7-5-3-1)": na.create_model("addunet"),
+        BUNDLED_ROW: (bundled, 1),
+        BUNDLED_X2_ROW: (bundled, 2),
+        DNCNN_ROW: (na.create_model("dncnn"), 1),
+        "unet (default)": (na.create_model("unet"), 1),
+        "addunet default (constant resolution, C=32, 9-7-5-3-1)": (na.create_model("addunet"), 1),
     }
+
+
+def forward(net: torch.nn.Module, ensemble: int, x: torch.Tensor) -> torch.Tensor:
+    """One timed call: a forward pass, or the engine's self-ensemble of ``ensemble`` passes."""
+    from napari_addunet.engine.ensemble import ensemble_mean
+
+    return ensemble_mean(lambda v: net(v).denoised, x, ensemble)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,31 +64,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    nets = {k: m.eval() for k, m in models().items()}
+    nets = {k: (m.eval(), n) for k, (m, n) in models().items()}
     x = torch.rand(1, 1, args.side, args.side, generator=torch.Generator().manual_seed(0))
     mp = args.side * args.side / 1e6
     times: dict[str, list[float]] = {k: [] for k in nets}
     load = [os.getloadavg()[0]]
     with torch.no_grad():
-        for net in nets.values():  # warm-up
-            net(x)
+        for net, n in nets.values():  # warm-up
+            forward(net, n, x)
         for _ in range(args.rounds):
-            for name, net in nets.items():
+            for name, (net, n) in nets.items():
                 t = time.perf_counter()
-                net(x)
+                forward(net, n, x)
                 times[name].append((time.perf_counter() - t) / mp)
     load.append(os.getloadavg()[0])
-    ref = statistics.median(times["dncnn (17 layers, 64 channels)"])
+    ref = statistics.median(times[DNCNN_ROW])
     rows = [
         {
             "model": name,
             "parameters": int(sum(q.numel() for q in net.parameters())),
-            "macs_per_pixel": int(na.macs_per_pixel(net)),
+            "macs_per_pixel": int(na.macs_per_pixel(net)) * n,
+            "ensemble": n,
             "seconds_per_mp": round(statistics.median(times[name]), 3),
             "all_seconds_per_mp": [round(t, 3) for t in times[name]],
             "ratio_to_dncnn": round(statistics.median(times[name]) / ref, 3),
         }
-        for name, net in nets.items()
+        for name, (net, n) in nets.items()
     ]
     doc = {
         "command": f"python benchmarks/cpu_time.py --side {args.side} --rounds {args.rounds} --threads {args.threads}",

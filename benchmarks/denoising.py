@@ -22,8 +22,10 @@ the load of a shared machine falls on all rows alike and the column compares the
 Rows:
 
 * ``addunet-bundled``: the bundled model ``addunet-gray-blind``;
-* ``addunet-bundled-x8``: the same model with the engine's self-ensemble of 8 orientations
-  (``ensemble=8``: the mean of 8 forward passes, so 8 times the compute);
+* ``addunet-bundled-x2`` and ``addunet-bundled-x8``: the same model with the engine's
+  self-ensemble of 2 and 8 orientations (``ensemble=2``: the mean over the image and its
+  left-right mirror; ``ensemble=8``: over all flips and transposes; N forward passes, so N times
+  the compute);
 * ``budget-<name>``: every ``training/budget/<name>.safetensors`` present, trained with the
   same budget by ``benchmarks/select_config.py``;
 * ``--model NAME=PATH``: any other checkpoint;
@@ -66,6 +68,7 @@ DATASETS = ("bsd68", "set12")
 DATASET_TITLES = {"bsd68": "BSD68", "set12": "Set12"}
 FULL_SIZES = {"bsd68": 68, "set12": 12}  # images in the published test sets
 BUNDLED = "addunet-gray-blind"
+ENSEMBLE_ROWS = (2, 8)  # the bundled model again with these self-ensemble sizes
 TIMING_SIDE = 1024  # models: one 1024 x 1024 float32 input
 CROP_SIDE = 512  # classical methods: one 512 x 512 crop
 TIMING_SIGMA = 25.0
@@ -175,8 +178,11 @@ def model_methods(extra: Sequence[str], unfinished: bool = False) -> list[Method
     bundled = na.bundled_models()
     if BUNDLED in bundled:
         rows.append(Method("addunet-bundled", "model", f"bundled `{BUNDLED}`", BUNDLED, bundled[BUNDLED]))
-        label = f"bundled `{BUNDLED}`, self-ensemble of 8 orientations (8 forward passes)"
-        rows.append(Method("addunet-bundled-x8", "model", label, BUNDLED, bundled[BUNDLED], ensemble=8))
+        for n in ENSEMBLE_ROWS:
+            label = f"bundled `{BUNDLED}`, self-ensemble of {n} orientations ({n} forward passes)"
+            rows.append(
+                Method(f"addunet-bundled-x{n}", "model", label, BUNDLED, bundled[BUNDLED], ensemble=n)
+            )
     candidates: dict[str, tuple[str, dict, str]] = {}
     try:
         candidates = _select_config().CANDIDATES
@@ -610,7 +616,7 @@ def _join(values: list[float] | None, digits: int) -> str:
 
 
 def _ordered(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    rank = {"addunet-bundled": 0, "addunet-bundled-x8": 1}
+    rank = {"addunet-bundled": 0} | {f"addunet-bundled-x{n}": n for n in ENSEMBLE_ROWS}
     entries = list(doc.get("methods", {}).values())
 
     def key(e: dict[str, Any]) -> tuple:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -212,7 +213,7 @@ def test_ensemble_row_is_scored_with_the_ensemble_and_judged_on_its_own(tmp_path
     summary = _script("summary")
     monkeypatch.setattr(den, "TIMING_SIDE", 32)
     names = [m.name for m in den.model_methods([])]
-    assert names[:2] == ["addunet-bundled", "addunet-bundled-x8"]
+    assert names[:3] == ["addunet-bundled", "addunet-bundled-x2", "addunet-bundled-x8"]
     model_file = tmp_path / "tiny.safetensors"
     torch.manual_seed(0)
     na.save_model(na.create_model("addunet", width=4, kernels=(3, 3)), model_file)
@@ -245,6 +246,40 @@ def test_ensemble_row_is_scored_with_the_ensemble_and_judged_on_its_own(tmp_path
     assert "is NOT met (1 of 3 sigmas)" in text  # the plain model is judged alone
     assert "self-ensemble of 8" in text and "is met at 3 of 3 sigmas this way" in text
     assert "5.0x DnCNN's" in text and "outside the goal's CPU-time condition" in text
+
+    x2 = {**x8, "ensemble": 2, "cpu_seconds_per_mp": 20.0}
+    x2["datasets"] = {
+        "bsd68": {"results": {s: {"psnr": v} for s, v in (("15", 31.36), ("25", 28.90), ("50", 25.93))}}
+    }
+    doc["methods"]["addunet-bundled-x2"] = x2
+    cpu = {"rows": [{"model": "x2", "ensemble": 2, "seconds_per_mp": 11.0, "ratio_to_dncnn": 0.74}]}
+    text = "\n".join(summary.denoising_section(doc, cpu))
+    x2_line = next(line for line in text.splitlines() if "self-ensemble of 2 (`addunet-bundled-x2`" in line)
+    assert "NOT met (2 of 3 sigmas) this way" in x2_line  # 31.36 < 31.07 + 0.3
+    cost = next(line for line in text.splitlines() if line.startswith("- The self-ensemble of 2 costs"))
+    assert (
+        "0.74x DnCNN's time measured side by side" in cost and "within the goal's CPU-time condition" in cost
+    )
+    table = [line.split(" |")[0] for line in text.splitlines() if line.startswith("| addunet-bundled")]
+    assert table == ["| addunet-bundled", "| addunet-bundled-x2", "| addunet-bundled-x8"]
+
+
+def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_path, monkeypatch):
+    cpu = _script("cpu_time")
+    monkeypatch.setattr(cpu, "OUT_JSON", tmp_path / "cpu-time.json")
+    monkeypatch.setattr(cpu, "OUT_MD", tmp_path / "cpu-time.md")
+    cpu.main(["--side", "32", "--rounds", "1"])
+    rows = {r["model"]: r for r in json.loads((tmp_path / "cpu-time.json").read_text())["rows"]}
+    plain, x2 = rows[cpu.BUNDLED_ROW], rows[cpu.BUNDLED_X2_ROW]
+    assert (plain["ensemble"], x2["ensemble"]) == (1, 2)
+    assert x2["macs_per_pixel"] == 2 * plain["macs_per_pixel"] and x2["parameters"] == plain["parameters"]
+    assert rows[cpu.DNCNN_ROW]["ratio_to_dncnn"] == 1.0
+    assert cpu.BUNDLED_X2_ROW in (tmp_path / "cpu-time.md").read_text()
+    net = na.load_model("addunet-gray-blind").eval()
+    x = torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = (net(x).denoised + net(x.flip(-1)).denoised.flip(-1)) / 2
+        assert torch.allclose(cpu.forward(net, 2, x), expected, atol=1e-6)
 
 
 def test_finalize_started_from_completes_the_chain_at_its_end():
