@@ -133,7 +133,9 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
     first = {"addunet-bundled": 0} | {
         name: entry.get("ensemble", 1) for name, entry in _ensemble_rows(methods)
     }
-    for name, entry in sorted(methods.items(), key=lambda kv: (first.get(kv[0], 100), kv[1].get("order", 99))):
+    for name, entry in sorted(
+        methods.items(), key=lambda kv: (first.get(kv[0], 100), kv[1].get("order", 99))
+    ):
         if "error" in entry:
             lines.append(f"| {name} | {entry['error']} | | | |")
             continue
