@@ -8,7 +8,8 @@ The models are timed in turns (round 1: every model once, round 2: again, ...), 
 load of a shared machine falls on all of them alike; the result is the median per model and
 its ratio to DnCNN. The weights do not change the time of a forward pass: DnCNN and U-Net
 are built at their default sizes. The bundled model is timed twice: one plain forward pass,
-and the engine's self-ensemble of 2 (the image and its mirror, two passes and their mean). Writes ``docs/benchmarks/cpu-time.json`` and ``.md``.
+and the engine's self-ensemble of 2 (the image and its mirror, two passes and their mean).
+Writes ``docs/benchmarks/cpu-time.json`` and ``.md``.
 """
 
 from __future__ import annotations
