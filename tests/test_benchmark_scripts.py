@@ -283,6 +283,11 @@ def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_p
     assert (plain["ensemble"], x2["ensemble"]) == (1, 2)
     assert x2["macs_per_pixel"] == 2 * plain["macs_per_pixel"] and x2["parameters"] == plain["parameters"]
     assert rows[cpu.DNCNN_ROW]["ratio_to_dncnn"] == 1.0
+    assert rows[cpu.DNCNN_ROW]["default_layout_ratio_to_dncnn"] == 1.0
+    assert all(r["default_layout_seconds_per_mp"] > 0 for r in rows.values())
+    doc = json.loads((tmp_path / "cpu-time.json").read_text())
+    expected_layout = "channels-last" if torch.backends.mkldnn.is_available() else "contiguous"
+    assert doc["layout"].startswith(expected_layout)
     assert cpu.BUNDLED_X2_ROW in (tmp_path / "cpu-time.md").read_text()
     net = na.load_model("addunet-gray-blind").eval()
     x = torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(0))

@@ -32,3 +32,19 @@ def test_nonexistent_cuda_index_or_unknown_device():
         na.resolve_device(f"cuda:{torch.cuda.device_count() + 3}")
     with pytest.raises(DeviceError, match="unknown device 'tpu'"):
         na.resolve_device("tpu")
+
+
+def test_channels_last_is_preferred_on_cpu_with_onednn_not_on_mps():
+    from napari_addunet.engine.devices import prefers_channels_last
+
+    assert prefers_channels_last(torch.device("cpu")) is bool(torch.backends.mkldnn.is_available())
+    assert prefers_channels_last(torch.device("cuda")) is True
+    assert prefers_channels_last(torch.device("mps")) is False
+
+
+def test_volumetric_layers_keep_their_layout():
+    from napari_addunet.engine.devices import use_fast_layout
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.Conv2d(4, 4, 3))
+    assert use_fast_layout(net, torch.device("cpu")) is False
+    assert all(p.is_contiguous() for p in net.parameters())

@@ -86,7 +86,9 @@ def test_eager_option_and_predict_on_dask(model, stack):
     assert isinstance(predict(model, d, device="cpu").denoised, np.ndarray)
     as_dask = denoise(model, stack, device="cpu", lazy=True)
     assert isinstance(as_dask, da.Array)
-    np.testing.assert_array_equal(as_dask.compute(), eager)
+    # one plane per block against batches of planes: the CPU's channels-last convolutions
+    # round differently per batch size, so the two agree to float rounding, not bit for bit
+    np.testing.assert_allclose(as_dask.compute(), eager, rtol=1e-6, atol=1e-6 * float(np.abs(eager).max()))
 
 
 def test_zarr_to_dask_to_zarr(model, tmp_path):

@@ -127,3 +127,30 @@ def test_unknown_and_out_of_range_settings(name):
         na.create_model(name, in_channels=0)
     with pytest.raises(ConfigError, match="num_classes must be an integer"):
         na.create_model(name, num_classes="three")
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_fast_layout_keeps_results_and_saved_files(name, tmp_path):
+    from napari_addunet.engine.devices import prefers_channels_last, use_fast_layout
+
+    model = small(name, num_classes=2).eval()
+    x = torch.rand(2, 1, 37, 53)
+    with torch.no_grad():
+        before = model(x)
+    plain = na.load_model(na.save_model(model, tmp_path / "plain.safetensors"))
+    cpu = torch.device("cpu")
+    assert use_fast_layout(model, cpu) is prefers_channels_last(cpu)
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs, "every architecture has 2-D convolutions"
+    if prefers_channels_last(cpu):
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert not all(p.is_contiguous() for p in convs if p.shape[1] > 1 and p.shape[-1] > 1)
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after.denoised, before.denoised, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(after.logits, before.logits, rtol=1e-4, atol=1e-5)
+    # the saved file holds the same values in the default layout
+    loaded = na.load_model(na.save_model(model, tmp_path / "fast.safetensors"))
+    for (k, a), (_, b) in zip(plain.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+        assert b.is_contiguous(), k

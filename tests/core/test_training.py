@@ -272,6 +272,37 @@ def test_resume_continues_the_step_count_and_schedule_exactly(tmp_path):
     assert resumed.step == 10 and resumed.reason == "completed"
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the CPU layout needs oneDNN")
+def test_cpu_training_uses_channels_last_and_resumes_a_state_written_without_it(tmp_path, monkeypatch):
+    from napari_addunet.engine import devices
+
+    full = train(small_data(), tiny(), SMALL, output=tmp_path / "full.safetensors")
+    convs = [p for p in full.model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+    # a run stopped by a version that trained in the default layout ...
+    part = tmp_path / "part.safetensors"
+    stop = threading.Event()
+    with monkeypatch.context() as m:
+        m.setattr(devices, "prefers_channels_last", lambda device: False)
+        train(
+            small_data(),
+            tiny(),
+            SMALL,
+            output=part,
+            stop=stop,
+            callback=lambda e: stop.set() if isinstance(e, StepDone) and e.step == 7 else None,
+        )
+    assert all(v.is_contiguous() for v in load_state(part)["model"].values())
+    # ... continues in the fast layout to (nearly) the weights of the uninterrupted run
+    resumed = train(small_data(), resume=part)
+    assert resumed.step == 10 and resumed.reason == "completed"
+    assert all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in resumed.model.parameters() if p.dim() == 4
+    )
+    torch.testing.assert_close(weights(resumed.model), weights(full.model), rtol=1e-3, atol=1e-4)
+
+
 def test_resume_with_more_epochs_extends_the_run(tmp_path):
     out = tmp_path / "m.safetensors"
     train(small_data(), tiny(), dict(SMALL, epochs=1), output=out)

@@ -239,7 +239,7 @@ def evaluate(
     EvaluationReport
     """
     from .checkpoint import resolve_model
-    from .devices import resolve_device
+    from .devices import resolve_device, use_fast_layout
 
     sig = [float(s) for s in sigmas]
     if not sig or any(not math.isfinite(s) or s < 0 for s in sig):
@@ -251,6 +251,7 @@ def evaluate(
     net = resolve_model(model)
     dev = resolve_device(device)
     net = net.to(dev).eval()
+    use_fast_layout(net, dev)
     name = Path(getattr(net, "source_path", "") or "").name or net.architecture
     data = load_eval_images(images)
     rows: list[EvaluationRow] = []

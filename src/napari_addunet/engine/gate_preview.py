@@ -29,6 +29,7 @@ import torch
 from napari_addunet.models import DenoiserModel
 
 from .axes import PlaneLayout, plane_layout, resolve_axes
+from .devices import use_fast_layout
 from .inference import Progress
 from .normalization import (
     Normalizer,
@@ -149,6 +150,7 @@ class GatePreview:
             return None
         self.clear()
         self.device = device
+        use_fast_layout(self.model, device)
         x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).to(self.device)
         t0 = time.perf_counter()
         with torch.no_grad():

@@ -28,7 +28,7 @@ import torch
 from napari_addunet.models import DenoiserModel
 
 from .axes import plane_layout, resolve_axes
-from .devices import resolve_device
+from .devices import resolve_device, use_fast_layout
 from .ensemble import check_ensemble
 from .lazy import denoise_lazy, is_dask_array
 from .normalization import (
@@ -318,9 +318,7 @@ def iter_denoise(
     model.to(dev)
     model.eval()
     amp = _amp_dtype(model, dev, precision)
-    channels_last = dev.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    channels_last = use_fast_layout(model, dev)
 
     multiple = max(1, int(getattr(model, "size_multiple", 1)))
     try:

@@ -65,12 +65,13 @@ class Settings:
         lock = self.__dict__.setdefault("_lock", threading.Lock())
         with lock:
             if not self.__dict__.get("_moved", True):
-                from .devices import resolve_device
+                from .devices import resolve_device, use_fast_layout
 
                 dev = resolve_device(self.device_request if self.device_request is not None else "auto")
                 self.model.to(dev).eval()
                 if dev.type != "cuda":
-                    self.amp, self.channels_last = None, False
+                    self.amp = None
+                self.channels_last = use_fast_layout(self.model, dev)
                 self.device = str(dev)
                 self._moved = True
         return self.model, torch.device(self.device)

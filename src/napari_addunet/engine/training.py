@@ -40,7 +40,7 @@ from . import distributed as ddp
 from .blindspot import blindspot_mask
 from .checkpoint import SUFFIX, CheckpointError, save_model
 from .datasets import DataError, PatchSampler, TrainingData, fixed_patches, split_data
-from .devices import resolve_device
+from .devices import resolve_device, use_fast_layout
 from .metrics import accuracy, batch_psnr_ssim
 from .noise import NoiseModel
 from .training_config import TrainingConfig, lr_at
@@ -266,6 +266,8 @@ class _Run:
         # model (seeded, so a model built here is repeatable)
         torch.manual_seed(_seed(cfg.seed, self.rank, 0))
         self.model = self._model(model, data, model_settings).to(self.device)
+        if not self.ctx.enabled:  # DDP's gradient buckets expect the default layout
+            use_fast_layout(self.model, self.device)
         if self.state_in is not None:
             self.started_from = loads(self.state_in.get("started_from", "null"))
         elif isinstance(model, DenoiserModel):
