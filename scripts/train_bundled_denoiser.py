@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--loss", choices=("mse", "log_mse"), default="mse", help="log_mse: every patch counts by its PSNR"
+    )
+    ap.add_argument(
         "--minutes", type=float, default=0, help="stop cleanly after this long (0: run to the end)"
     )
     ap.add_argument("--threads", type=int, default=0)
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_fraction": 0.0,
         "val_patches": 128,
         "seed": args.seed,
+        "loss": args.loss,
         "device": "cpu",
         "cpu_bf16": args.bf16,
     }
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         f"python scripts/train_bundled_denoiser.py <Train400> --candidate {args.candidate} --steps {args.steps} "
         f"--batch-size {args.batch_size} --patch-size {args.patch_size} --lr {args.lr} --seed {args.seed}"
         + (" --bf16" if args.bf16 else "")
+        + (f" --loss {args.loss}" if args.loss != "mse" else "")
         + (f" --init {args.init.name}" if args.init else "")
         + f" -o {args.output.name}"
     )

@@ -191,6 +191,40 @@ def test_other_modes_noises_and_architectures_run(tmp_path):
     assert by_name.model.num_classes == 2 and by_name.best.accuracy is not None
 
 
+def test_log_mse_is_minus_the_mean_psnr_and_weighs_each_patch_by_its_inverse_mse():
+    from napari_addunet.engine.training import log_mse
+
+    rng = np.random.default_rng(5)
+    clean = rng.random((2, 1, 16, 16))
+    noisy = clean + rng.normal(0, 1, clean.shape) * np.array([0.02, 0.2])[:, None, None, None]
+    err = torch.tensor((noisy - clean) ** 2, requires_grad=True)
+    loss = log_mse(err)
+    expected = -np.mean([psnr(c, n) for c, n in zip(clean, noisy, strict=True)])
+    assert float(loss.detach()) == pytest.approx(expected, abs=0.01)  # the 1e-6 floor: < 0.006 dB here
+    loss.backward()
+    mse = err.detach().flatten(1).mean(1)
+    per_pixel = err.grad.flatten(1)[:, 0]  # the same for every pixel of a patch
+    assert float(per_pixel[0] / per_pixel[1]) == pytest.approx(float((mse[1] + 1e-6) / (mse[0] + 1e-6)))
+    assert float(mse[1] / mse[0]) > 50  # so the quiet patch's pixels weigh that much more
+    # a mask keeps only its pixels: the same as the loss of those pixels alone
+    mask = torch.zeros_like(err, dtype=torch.bool)
+    mask[:, :, :8] = True
+    assert float(log_mse(err.detach(), mask)) == pytest.approx(float(log_mse(err.detach()[:, :, :8])))
+
+
+def test_log_mse_training_learns_and_selects_the_best_epoch_by_it():
+    result = train(
+        clean_data(crops()),
+        tiny(),
+        dict(FAST, epochs=3, steps_per_epoch=30, sigma_min=5, sigma_max=50, val_fraction=0.2, loss="log_mse"),
+    )
+    h = result.history
+    assert all(e["train_loss"] < 0 for e in h)  # minus a PSNR in dB
+    assert h[-1]["train_loss"] < h[0]["train_loss"] - 3
+    assert h[-1]["val_psnr"] > h[-1]["val_input_psnr"] + 3
+    assert result.best.metric == "val_loss" and result.best.value == min(e["val_loss"] for e in h)
+
+
 # -- stop, resume, repeat ---------------------------------------------------------------------------------
 SMALL = dict(
     FAST,

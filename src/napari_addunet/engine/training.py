@@ -165,6 +165,31 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+LOG_MSE_FLOOR = 1e-6  # log_mse: squared errors below this (60 dB on [0, 1]) stop mattering
+
+
+def log_mse(squared_error: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over patches of ``10 log10(MSE + 1e-6)``: minus the mean PSNR of a [0, 1] batch, in dB.
+
+    Each patch's gradient is divided by its own MSE, so a patch at low noise weighs as much as
+    one at high noise in dB, where plain MSE lets the high-noise patches dominate.
+
+    Parameters
+    ----------
+    squared_error
+        ``(N, C, H, W)`` squared differences.
+    mask
+        Optional pixels that count (blind-spot training), same shape.
+    """
+    err = squared_error.flatten(1)
+    if mask is None:
+        per_patch = err.mean(dim=1)
+    else:
+        m = mask.to(err.dtype).flatten(1)
+        per_patch = (err * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    return (10.0 * torch.log10(per_patch + LOG_MSE_FLOOR)).mean()
+
+
 def _class_names(model: DenoiserModel, data: TrainingData) -> list[str]:
     if model.num_classes == 0:
         return []
@@ -446,8 +471,10 @@ class _Run:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pred = out.denoised.float()
         diff = pred - target
-        err = diff.pow(2) if self.cfg.loss == "mse" else diff.abs()
-        if mask is not None:
+        err = diff.abs() if self.cfg.loss == "l1" else diff.pow(2)
+        if self.cfg.loss == "log_mse":
+            den = log_mse(err, mask)
+        elif mask is not None:
             m = mask.to(err.dtype)
             den = (err * m).sum() / m.sum().clamp(min=1.0)
         else:

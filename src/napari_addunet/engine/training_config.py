@@ -45,7 +45,11 @@ class TrainingConfig:
     augment: bool = setting(
         True, doc="random flips and 90-degree rotations of patches (off if orientation defines a class)"
     )
-    loss: Literal["mse", "l1"] = setting("mse", doc="denoising loss")
+    loss: Literal["mse", "l1", "log_mse"] = setting(
+        "mse",
+        doc="denoising loss; log_mse: the mean over patches of 10 log10(MSE + 1e-6), so that every "
+        "patch counts by its PSNR in dB rather than its squared error (weighs low noise more)",
+    )
     denoise_weight: float = setting(
         1.0, ge=0.0, le=1000.0, doc="weight of the denoising loss (0: classification only)"
     )
