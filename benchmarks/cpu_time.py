@@ -3,6 +3,7 @@
 Run by hand (not in CI), from the repository root:
 
     python benchmarks/cpu_time.py                # 7 interleaved rounds, 512 x 512, 1 thread
+    python benchmarks/cpu_time.py --candidate M.safetensors --side 1024   # a model to bundle? (prints only)
 
 The models are timed in turns (round 1: every model once, round 2: again, ...), so that the
 load of a shared machine falls on all of them alike; the result is the median per model and
@@ -67,13 +68,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--side", type=int, default=512)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        help="also time this model file (plain and self-ensemble of 2), to decide whether to bundle it; "
+        "the result is printed and the docs are not written",
+    )
     args = p.parse_args(argv)
+    for path in args.candidate:
+        if not path.is_file():
+            p.error(f"--candidate: no such model file: {path}")
     torch.set_num_threads(args.threads)
     from napari_addunet.engine.devices import use_fast_layout
 
     nets, plain = {}, {}
     layout = "contiguous (the default)"
-    for name, (model, n) in models().items():
+    rows_to_time = models()
+    for path in args.candidate:
+        candidate = na.load_model(path)
+        rows_to_time[f"candidate {path.stem}"] = (candidate, 1)
+        rows_to_time[f"candidate {path.stem}, self-ensemble of 2 (2 passes)"] = (candidate, 2)
+    for name, (model, n) in rows_to_time.items():
         plain[name] = (copy.deepcopy(model).eval(), n)
         if use_fast_layout(model, torch.device("cpu")):
             layout = "channels-last (the engine's on this CPU)"
@@ -144,9 +161,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     from napari_addunet.engine.atomic import atomic_write_text
 
+    print("\n".join(lines))
+    if args.candidate:
+        print("(candidates timed: the docs were not written)")
+        return
     atomic_write_text(OUT_JSON, json.dumps(doc, indent=2) + "\n")
     atomic_write_text(OUT_MD, "\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -296,6 +296,25 @@ def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_p
         assert torch.allclose(cpu.forward(net, 2, x), expected, atol=1e-6)
 
 
+def test_cpu_time_candidate_rows_are_printed_not_written(tmp_path, monkeypatch, capsys):
+    cpu = _script("cpu_time")
+    monkeypatch.setattr(cpu, "OUT_JSON", tmp_path / "cpu-time.json")
+    monkeypatch.setattr(cpu, "OUT_MD", tmp_path / "cpu-time.md")
+    torch.manual_seed(0)
+    path = na.save_model(
+        na.create_model("addunet", width=4, kernels=(3,)), tmp_path / "tiny-cand.safetensors"
+    )
+    cpu.main(["--side", "16", "--rounds", "1", "--candidate", str(path)])
+    out = capsys.readouterr().out
+    assert (
+        "| candidate tiny-cand |" in out and "| candidate tiny-cand, self-ensemble of 2 (2 passes) |" in out
+    )
+    assert "the docs were not written" in out
+    assert not (tmp_path / "cpu-time.json").exists() and not (tmp_path / "cpu-time.md").exists()
+    with pytest.raises(SystemExit):
+        cpu.main(["--candidate", str(tmp_path / "missing.safetensors")])
+
+
 def test_finalize_started_from_completes_the_chain_at_its_end():
     fin = _script("finalize_weights", "scripts")
     first = {"command": "run 1", "steps": 4800}
