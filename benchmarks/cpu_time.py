@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         rows_to_time[f"candidate {path.stem}"] = (candidate, 1)
         rows_to_time[f"candidate {path.stem}, self-ensemble of 2 (2 passes)"] = (candidate, 2)
     for name, (model, n) in rows_to_time.items():
-        plain[name] = (copy.deepcopy(model).eval(), n)
+        # a copy in the default layout (rows may share a model that is already converted)
+        plain[name] = (copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval(), n)
         if use_fast_layout(model, torch.device("cpu")):
             layout = "channels-last (the engine's on this CPU)"
         nets[name] = (model.eval(), n)

@@ -285,6 +285,19 @@ def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_p
     assert rows[cpu.DNCNN_ROW]["ratio_to_dncnn"] == 1.0
     assert rows[cpu.DNCNN_ROW]["default_layout_ratio_to_dncnn"] == 1.0
     assert all(r["default_layout_seconds_per_mp"] > 0 for r in rows.values())
+    timed = []
+
+    def record(net, n, x):
+        weight = next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1)
+        timed.append(weight.is_contiguous())
+
+    with monkeypatch.context() as m:
+        m.setattr(cpu, "forward", record)
+        cpu.main(["--side", "16", "--rounds", "1"])
+    # each row runs once in each layout per round (after a warm-up): half the calls see
+    # contiguous weights, whichever rows share a model
+    contiguous = sum(timed)
+    assert torch.backends.mkldnn.is_available() is False or contiguous == len(timed) // 2
     doc = json.loads((tmp_path / "cpu-time.json").read_text())
     expected_layout = "channels-last" if torch.backends.mkldnn.is_available() else "contiguous"
     assert doc["layout"].startswith(expected_layout)
