@@ -219,6 +219,15 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
                 f"{b['macs_per_pixel']:,} multiply-accumulates per pixel against DnCNN's "
                 f"{rows['dncnn (17 layers, 64 channels)']['macs_per_pixel']:,}."
             )
+            if "default_layout_seconds_per_mp" in b and cpu.get("layout"):
+                layout = cpu["layout"].split(" (")[0]
+                lines.append(
+                    f"- Those times are in the engine's memory layout on this CPU ({layout}). In the "
+                    f"default layout, timed in the same rounds, the bundled model takes "
+                    f"{b['default_layout_seconds_per_mp']:.1f} s/MP and DnCNN "
+                    f"{b['default_layout_seconds_per_mp'] / b['default_layout_ratio_to_dncnn']:.1f} "
+                    f"({b['default_layout_ratio_to_dncnn']:.2f}x)."
+                )
     dn = methods.get("budget-dncnn")
     side_by_side = all("side by side" in (e or {}).get("timing", "") for e in (bundled, dn))
     if doc.get("timing_run") and bundled and dn and "error" not in dn and side_by_side:

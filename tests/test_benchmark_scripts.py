@@ -278,7 +278,8 @@ def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_p
     monkeypatch.setattr(cpu, "OUT_JSON", tmp_path / "cpu-time.json")
     monkeypatch.setattr(cpu, "OUT_MD", tmp_path / "cpu-time.md")
     cpu.main(["--side", "32", "--rounds", "1"])
-    rows = {r["model"]: r for r in json.loads((tmp_path / "cpu-time.json").read_text())["rows"]}
+    doc = json.loads((tmp_path / "cpu-time.json").read_text())
+    rows = {r["model"]: r for r in doc["rows"]}
     plain, x2 = rows[cpu.BUNDLED_ROW], rows[cpu.BUNDLED_X2_ROW]
     assert (plain["ensemble"], x2["ensemble"]) == (1, 2)
     assert x2["macs_per_pixel"] == 2 * plain["macs_per_pixel"] and x2["parameters"] == plain["parameters"]
@@ -298,9 +299,12 @@ def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_p
     # contiguous weights, whichever rows share a model
     contiguous = sum(timed)
     assert torch.backends.mkldnn.is_available() is False or contiguous == len(timed) // 2
-    doc = json.loads((tmp_path / "cpu-time.json").read_text())
     expected_layout = "channels-last" if torch.backends.mkldnn.is_available() else "contiguous"
     assert doc["layout"].startswith(expected_layout)
+    text = "\n".join(_script("summary").denoising_section(_denoising_doc((31.18, 28.75, 25.69)), doc))
+    line = next(x for x in text.splitlines() if "In the default layout" in x)
+    assert f"({expected_layout})" in line
+    assert f"{plain['default_layout_seconds_per_mp']:.1f} s/MP" in line
     assert cpu.BUNDLED_X2_ROW in (tmp_path / "cpu-time.md").read_text()
     net = na.load_model("addunet-gray-blind").eval()
     x = torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(0))
