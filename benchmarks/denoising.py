@@ -796,7 +796,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "Cost: parameters; multiply-accumulates per pixel (`napari_addunet.macs_per_pixel`); CPU seconds "
         "per megapixel with 1 thread: for models, the median of 3 forward passes of a 1024x1024 float32 "
-        "input after 1 warm-up under `torch.no_grad()`; for classical methods, the same on one 512x512 "
+        "input after 1 warm-up under `torch.no_grad()`, in the engine's memory layout on the CPU "
+        "(channels-last where torch has oneDNN); for classical methods, the same on one 512x512 "
         "crop at sigma 25, scaled to 1 MP. `eval s/image` is the mean wall time per image of the scoring "
         "run (noise, denoising and metrics), also with 1 thread." + _timing_run_note(doc),
         "",
