@@ -15,6 +15,7 @@ from napari_addunet.engine.tiling import (
     TileMemoryError,
     default_overlap,
     default_tile_size,
+    estimate_bytes_per_pixel,
     plan_axis,
     plan_tiles,
     tile_floor,
@@ -260,3 +261,19 @@ def test_oom_end_to_end_with_a_model(addunet_rf43, monkeypatch):
     with pytest.warns(RuntimeWarning, match="out of memory"):
         y = denoise(addunet_rf43, x, tile=512, device="cpu", normalization="none")
     assert np.abs(y - expected).max() <= 1e-4
+
+
+def test_activation_estimate_counts_feature_maps_at_their_resolution():
+    full = torch.nn.Sequential(torch.nn.Conv2d(1, 128, 3, padding=1))
+    half = torch.nn.Sequential(torch.nn.Conv2d(1, 128, 3, stride=2, padding=1))
+    assert estimate_bytes_per_pixel(full) == pytest.approx(4 * 128)
+    assert estimate_bytes_per_pixel(half) == pytest.approx(4 * 128 / 4)
+    # the multi-scale AddUNet's deeper levels run at 1/4, 1/16, ... of the pixels
+    ms = create_model("addunet", multiscale=True, width=64, kernels=(3, 3, 3, 3))
+    channels = sum(
+        m.out_channels for m in ms.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    )
+    assert estimate_bytes_per_pixel(ms) < 0.5 * 4 * channels
+    ms.train()  # the probe leaves the mode as it was
+    estimate_bytes_per_pixel(ms)
+    assert ms.training

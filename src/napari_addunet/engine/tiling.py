@@ -297,15 +297,41 @@ def tile_floor(receptive_field: int, overlap: int, multiple: int = 1) -> int:
 
 
 # -- default size -------------------------------------------------------------------------------
-def estimate_bytes_per_pixel(model: torch.nn.Module) -> float:
-    """Rough activation memory per input pixel: 4 bytes per output channel of every conv layer.
+def estimate_bytes_per_pixel(model: torch.nn.Module, probe: int = 64) -> float:
+    """Rough activation memory per input pixel: 4 bytes per value every conv layer outputs.
 
-    An upper bound for plain encoder-decoders (every feature map alive at once); the
-    default AddUNet measures about 90 % of it on CPU.
+    The outputs are counted on one ``probe`` x ``probe`` forward pass, so that feature maps
+    at lower resolution (multi-scale models) count at their real size. An upper bound for
+    plain encoder-decoders (every feature map alive at once); the default AddUNet measures
+    about 90 % of it on CPU. Models the probe cannot run count every conv output channel at
+    full resolution instead.
     """
     convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-    channels = sum(mod.out_channels for mod in model.modules() if isinstance(mod, convs))
-    return 4.0 * max(channels, 16)
+    layers = [mod for mod in model.modules() if isinstance(mod, convs)]
+    full_resolution = 4.0 * max(sum(mod.out_channels for mod in layers), 16)
+    multiple = max(1, int(getattr(model, "size_multiple", 1)))
+    side = _ceil_to(max(probe, 4 * multiple), multiple)
+    in_channels = int(getattr(model, "in_channels", layers[0].in_channels if layers else 1))
+    values = [0]
+
+    def count(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        values[0] += output.numel()
+
+    hooks = [mod.register_forward_hook(count) for mod in layers]
+    was_training = model.training
+    try:
+        param = next(model.parameters(), None)
+        x = torch.zeros(1, in_channels, side, side, device=param.device if param is not None else "cpu")
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    except Exception:  # noqa: BLE001 - exotic models: the full-resolution bound
+        return full_resolution
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return max(4.0 * values[0] / (side * side), 64.0)
 
 
 def default_tile_size(
