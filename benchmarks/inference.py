@@ -335,9 +335,9 @@ def write_md(path: Path, args, model_note: str, mach: dict, speeds: dict, memory
         "Notes:",
         "",
         "- Planes are read, normalised, denoised tile by tile and written one at a time; tile "
-        "activations dominate (about 1.3 kB per tile pixel for the default AddUNet; default CPU "
-        f"tiles hold at most {t['tile']} x {t['tile']} pixels, so a 1024 x 1024 plane is two "
-        "1024 x 533 tiles, about 0.7 GB).",
+        "activations dominate (default CPU tiles keep the model's estimated activations, "
+        "`engine.tiling.estimate_bytes_per_pixel`, within 768 MiB; here they hold at most "
+        f"{t['tile']} x {t['tile']} pixels, so a 1024 x 1024 plane is {t['tiles']} tiles).",
         "- Pages of a memory-mapped input file count in the resident set once touched (the OS can "
         "drop them under pressure). Read through a memory map, each plane of the 200-plane stack "
         "adds 2 MB, at most the 400 MB of the stack; the zarr path reads by file I/O and stays flat.",
