@@ -271,6 +271,19 @@ def test_closing_the_generator_mid_epoch_leaves_files(tmp_path):
     assert meta["status"] == "stopped" and meta["metrics"]["epoch"] == 1
 
 
+def stop_at_step_7(output) -> None:
+    """Train the SMALL run into ``output`` and stop it after step 7 (of 10)."""
+    stop = threading.Event()
+    train(
+        small_data(),
+        tiny(),
+        SMALL,
+        output=output,
+        stop=stop,
+        callback=lambda e: stop.set() if isinstance(e, StepDone) and e.step == 7 else None,
+    )
+
+
 def test_resume_continues_the_step_count_and_schedule_exactly(tmp_path):
     full_events: list = []
     full = train(
@@ -278,15 +291,7 @@ def test_resume_continues_the_step_count_and_schedule_exactly(tmp_path):
     )
 
     part = tmp_path / "part.safetensors"
-    stop = threading.Event()
-    train(
-        small_data(),
-        tiny(),
-        SMALL,
-        output=part,
-        stop=stop,
-        callback=lambda e: stop.set() if isinstance(e, StepDone) and e.step == 7 else None,
-    )
+    stop_at_step_7(part)
     resumed_events: list = []
     resumed = train(small_data(), resume=part, callback=resumed_events.append)
 
@@ -316,17 +321,9 @@ def test_cpu_training_uses_channels_last_and_resumes_a_state_written_without_it(
 
     # a run stopped by a version that trained in the default layout ...
     part = tmp_path / "part.safetensors"
-    stop = threading.Event()
     with monkeypatch.context() as m:
         m.setattr(devices, "prefers_channels_last", lambda device: False)
-        train(
-            small_data(),
-            tiny(),
-            SMALL,
-            output=part,
-            stop=stop,
-            callback=lambda e: stop.set() if isinstance(e, StepDone) and e.step == 7 else None,
-        )
+        stop_at_step_7(part)
     assert all(v.is_contiguous() for v in load_state(part)["model"].values())
     # ... continues in the fast layout to (nearly) the weights of the uninterrupted run
     resumed = train(small_data(), resume=part)
