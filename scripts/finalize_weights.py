@@ -14,7 +14,8 @@ and records ``self_check``: the protocol's PSNR on a crop of scikit-image's came
 names the weights the earliest recorded run started from, for runs whose metadata does not
 record them (the training loop records them itself since it learned to, but a run started from
 weights made before then records that run without its own origin): it completes the chain of
-``training.started_from`` records at its end.
+``training.started_from`` records at its end. ``--weights-dtype float16`` stores the weights at
+half the size (they load as float32).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 from pathlib import Path
 
 import napari_addunet as na
-from napari_addunet.engine.checkpoint import local_paths
+from napari_addunet.engine.checkpoint import local_paths, round_weights
 from napari_addunet.engine.evaluation import self_check
 from napari_addunet.engine.training import earlier_training
 
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", type=Path)
     ap.add_argument("dest", type=Path)
     ap.add_argument("--started-from", type=Path, help="the weights the run started from")
+    ap.add_argument(
+        "--weights-dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="store the weights at this precision (float16: half the file); the self-check is "
+        "measured on the rounded weights, so it holds for the file",
+    )
     args = ap.parse_args(argv)
     source, dest = args.source, args.dest
     model = na.load_model(source)
@@ -68,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     bad = local_paths(meta)
     if bad:
         raise SystemExit("metadata names machine paths:\n" + "\n".join(bad))
+    round_weights(model, args.weights_dtype)
     meta["self_check"] = self_check(model)  # recomputed by the tests
     worse = [s for s, r in meta["self_check"].items() if r["psnr"] <= r["input_psnr"]]
     if worse:
         raise SystemExit(f"refused: the model does not beat the noisy input at sigma {', '.join(worse)}")
     model.metadata = meta
-    na.save_model(model, dest)
+    na.save_model(model, dest, weights_dtype=args.weights_dtype)
     print(f"wrote {dest}; self-check {json.dumps(meta['self_check'])}")
     return 0
 

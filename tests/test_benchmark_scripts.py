@@ -90,6 +90,20 @@ def test_finalize_weights_records_use_lineage_and_a_self_check_and_refuses_machi
     assert set(meta["self_check"]) == {"15", "25", "50"}
     assert all(r["psnr"] > r["input_psnr"] for r in meta["self_check"].values())
 
+    # half-size storage: the recorded self-check is the one of the rounded weights in the file
+    from napari_addunet.engine.evaluation import self_check
+
+    out16 = tmp_path / "bundled16.safetensors"
+    assert fin.main([str(later), str(out16), "--weights-dtype", "float16"]) == 0
+    assert out16.stat().st_size < 0.75 * out.stat().st_size
+    assert na.read_header(out16)["weights_dtype"] == "float16"
+    loaded16 = na.load_model(out16)
+    recorded = loaded16.metadata["self_check"]
+    assert {s: r["psnr"] for s, r in self_check(loaded16).items()} == {
+        s: r["psnr"] for s, r in recorded.items()
+    }
+    assert recorded != meta["self_check"]  # the rounding moved the numbers a little
+
     untrained = tmp_path / "untrained.safetensors"
     torch.manual_seed(1)
     na.save_model(na.create_model("addunet", width=4, kernels=(3,)), untrained, training={"data": "none"})

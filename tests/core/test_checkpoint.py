@@ -54,6 +54,25 @@ def test_write_is_atomic_and_keeps_old_file_on_failure(model, tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
 
 
+def test_half_size_storage_refuses_bad_names_and_overflow_and_keeps_the_old_file(model, tmp_path):
+    path = na.save_model(model, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="weights_dtype must be one of"):
+        na.save_model(model, path, weights_dtype="int8")
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = 1e6  # beyond float16's 65504
+    with pytest.raises(CheckpointError, match="does not fit in float16"):
+        na.save_model(model, path, weights_dtype="float16")
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+    # bfloat16 has float32's range: the same weights store
+    name = next(iter(dict(model.named_parameters())))
+    na.save_model(model, tmp_path / "b.safetensors", weights_dtype="bfloat16")
+    assert na.load_model(tmp_path / "b.safetensors").state_dict()[name].view(-1)[0] == pytest.approx(
+        1e6, rel=1e-2
+    )
+
+
 def test_refuse_to_overwrite_when_asked(model, tmp_path):
     path = na.save_model(model, tmp_path / "m.safetensors")
     with pytest.raises(FileExistsError):

@@ -90,6 +90,40 @@ def test_save_load_round_trip_identical(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("weights_dtype", ["float16", "bfloat16"])
+def test_half_size_storage_loads_as_the_rounded_float32_model(name, weights_dtype, tmp_path):
+    from napari_addunet.engine.checkpoint import round_weights
+
+    model = small(name, num_classes=2).eval()
+    full = na.save_model(model, tmp_path / "full.safetensors")
+    half = na.save_model(model, tmp_path / "half.safetensors", weights_dtype=weights_dtype)
+    from safetensors import safe_open
+
+    with safe_open(str(half), framework="pt") as f:
+        stored = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a dict
+    state = model.state_dict()
+    assert all(
+        stored[k].dtype == getattr(torch, weights_dtype) for k in state if state[k].is_floating_point()
+    )
+    assert all(stored[k].dtype == state[k].dtype for k in state if not state[k].is_floating_point())
+    float_bytes = sum(v.numel() * 4 for v in state.values() if v.is_floating_point())
+    assert full.stat().st_size - half.stat().st_size > 0.45 * float_bytes
+    assert na.read_header(half)["weights_dtype"] == weights_dtype
+    assert na.read_header(full)["weights_dtype"] == "float32"
+    loaded = na.load_model(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(2, 1, 37, 53)
+    with torch.no_grad():
+        exact = model(x)
+        rounded = round_weights(model, weights_dtype)(x)
+        got = loaded(x)
+    # the rounding is real (outputs move) and round_weights predicts the file exactly
+    assert not torch.equal(exact.denoised, got.denoised)
+    assert torch.equal(rounded.denoised, got.denoised)
+    assert torch.equal(rounded.logits, got.logits)
+
+
+@pytest.mark.parametrize("name", ARCHS)
 def test_wrong_channel_count_is_refused(name):
     model = small(name)
     with pytest.raises(InputShapeError, match="1 input channel"):

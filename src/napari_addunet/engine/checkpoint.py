@@ -81,8 +81,53 @@ def _json(value: Any, what: str) -> str:
         raise CheckpointError(f"{what} must be JSON-serialisable: {exc}") from exc
 
 
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""How :func:`save_model` may store floating-point weights (they always load as float32)."""
+
+
+def storage_dtype(name: str | None) -> torch.dtype:
+    """The torch dtype for a ``weights_dtype`` name; ``None`` means float32."""
+    if name is None:
+        return torch.float32
+    if name not in STORAGE_DTYPES:
+        raise CheckpointError(f"weights_dtype must be one of {sorted(STORAGE_DTYPES)}; got {name!r}")
+    return STORAGE_DTYPES[name]
+
+
+def round_weights(model: DenoiserModel, weights_dtype: str | None) -> DenoiserModel:
+    """Round ``model``'s floating-point weights in place as storing them in ``weights_dtype`` would.
+
+    After this, the model computes exactly what the file written with that ``weights_dtype``
+    will compute once loaded, so a self-check measured on it holds for the file.
+    """
+    dtype = storage_dtype(weights_dtype)
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.is_floating_point() and tensor.dtype != dtype:
+                tensor.copy_(tensor.to(dtype))
+    return model
+
+
+def _stored(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    tensor = tensor.detach().to("cpu").contiguous()
+    if not tensor.is_floating_point() or dtype == tensor.dtype:
+        return tensor
+    out = tensor.to(dtype)
+    if (torch.isfinite(tensor) & ~torch.isfinite(out)).any():  # finite values that overflow
+        raise CheckpointError(
+            f"weight {name!r} does not fit in {str(dtype).removeprefix('torch.')} "
+            f"(largest magnitude {tensor.abs().max().item():.3g}); save it as float32"
+        )
+    return out
+
+
 def save_model(
-    model: DenoiserModel, path: str | os.PathLike, *, overwrite: bool = True, **metadata: Any
+    model: DenoiserModel,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = True,
+    weights_dtype: str | None = None,
+    **metadata: Any,
 ) -> Path:
     """Save a model with everything needed to rebuild it into one ``.safetensors`` file.
 
@@ -94,6 +139,11 @@ def save_model(
         Target file; must end in ``.safetensors``. Written atomically (temporary file, then rename).
     overwrite
         If False, refuse to replace an existing file.
+    weights_dtype
+        ``None`` or ``"float32"`` (default) stores the weights as they are; ``"float16"`` or
+        ``"bfloat16"`` stores floating-point weights at half the size (integer buffers are kept).
+        Loading always gives float32 weights; the rounding changes outputs slightly (see
+        :func:`round_weights`). Refused if a weight overflows the smaller type.
     **metadata
         Extra information stored with the model and merged into ``model.metadata``
         (e.g. ``normalization={...}``, ``class_names=[...]``, ``training={...}``).
@@ -115,6 +165,8 @@ def save_model(
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise CheckpointError(f"folder {path.parent} does not exist")
+    dtype = storage_dtype(weights_dtype)
+    tensors = {k: _stored(k, v, dtype) for k, v in model.state_dict().items()}
     merged = {**model.metadata, **metadata}
     header = {
         "format": FORMAT,
@@ -128,7 +180,8 @@ def save_model(
 
     if isinstance(model, AddUNet):
         header["gates"] = _json(list(model.gates), "gates")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if dtype != torch.float32:
+        header["weights_dtype"] = str(dtype).removeprefix("torch.")
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     model.metadata = merged
@@ -183,6 +236,7 @@ def _decode_header(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     out.setdefault("metadata", {})
     for key in ("package_version", "torch_version"):
         out[key] = raw.get(key, "")
+    out["weights_dtype"] = raw.get("weights_dtype", "float32")
     if "config" not in out:
         raise CheckpointError(f"{path.name}: the checkpoint holds no model config")
     return out
