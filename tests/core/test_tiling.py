@@ -8,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import napari_addunet as na
 from napari_addunet.engine.inference import denoise, model_receptive_field
 from napari_addunet.engine.tiling import (
     TiledRunner,
@@ -192,6 +193,22 @@ def test_default_tile_size_cpu():
     assert (sum(s.size for s in spans) / 4096) ** 2 < 1.15
     tiny = create_model("addunet", width=2, kernels=(3,))
     assert default_tile_size(tiny, torch.device("cpu"), 7) == 2048
+
+
+def test_default_cpu_tiles_of_the_bundled_denoiser_keep_a_megapixel_plane_cheap():
+    """The multi-scale bundled model has a wide receptive field (wide overlaps): its default
+    tiles must still split a 1024 x 1024 plane into few enough tiles that the overlaps add
+    little work, while staying within the CPU budget by the estimate."""
+    from napari_addunet.engine.tiling import CPU_TILE_BUDGET
+
+    model = na.load_model()
+    rf, multiple = model_receptive_field(model), model.size_multiple
+    side = default_tile_size(model, torch.device("cpu"), rf, multiple)
+    plan = plan_tiles((1024, 1024), side, default_overlap(rf, multiple), multiple)
+    work = sum(r.size for r in plan.rows) * sum(c.size for c in plan.cols) / 1024**2
+    assert len(plan.tiles) <= 2 and work < 1.2, (side, len(plan.tiles), work)
+    biggest = max(r.size for r in plan.rows) * max(c.size for c in plan.cols)
+    assert biggest * estimate_bytes_per_pixel(model) <= CPU_TILE_BUDGET
 
 
 # -- out of memory ------------------------------------------------------------------------------
