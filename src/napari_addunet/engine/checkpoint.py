@@ -190,7 +190,7 @@ def save_model(
 
 # -- loading --------------------------------------------------------------------------------------
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint's metadata (architecture, config, gates, metadata) without its weights."""
+    """Read a checkpoint's metadata (architecture, config, gates, metadata, weights_dtype) without its weights."""
     path = _check_path(path)
     from safetensors import safe_open
 
