@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         "per input pixel, each in a fresh process (1 thread, no gradients, after a 64 x 64 warm-up).",
         "'engine' is the layout the engine uses on this CPU (channels-last where torch has oneDNN),",
         "'default' the contiguous layout. The estimate is `engine.tiling.estimate_bytes_per_pixel`,",
-        "which sizes the default CPU tiles (budget "
-        f"{doc['cpu_tile_budget_mib']:.0f} MiB of estimated activations per tile).",
+        "which sizes the default CPU tiles (`engine.tiling.CPU_TILE_BUDGET`: "
+        f"{doc['cpu_tile_budget_mib']:.0f} MiB of estimated activations per tile at the time of this run).",
         "",
         f"| model | layout | {sides} | estimate | measured / estimate |",
         "|---|---|" + "---:|" * len(args.sides) + "---:|---:|",

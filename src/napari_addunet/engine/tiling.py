@@ -46,8 +46,8 @@ CPU_TILE_BUDGET = 1280 * 2**20
 """Estimated bytes of activations one CPU tile may use (:func:`estimate_bytes_per_pixel`).
 
 About 800 x 800 px for the bundled denoiser and 960 x 960 px for the default AddUNet. The
-estimate is an upper bound: a forward pass on the CPU measured 0.72-0.91 of it
-(``benchmarks/activation_memory.py``), so a tile really adds about 0.9-1.15 GiB."""
+estimate is an upper bound: a forward pass on the CPU measured 0.68-0.91 of it
+(``benchmarks/activation_memory.py``, two runs), so a tile really adds about 0.85-1.15 GiB."""
 MPS_TILE_BUDGET = 1024 * 2**20
 CUDA_FREE_FRACTION = 0.5
 MAX_TILE = {"cpu": 2048, "mps": 2048, "cuda": 4096}
@@ -307,7 +307,7 @@ def estimate_bytes_per_pixel(model: torch.nn.Module, probe: int = 64) -> float:
     The outputs are counted on one ``probe`` x ``probe`` forward pass, so that feature maps
     at lower resolution (multi-scale models) count at their real size. An upper bound for
     plain encoder-decoders (every feature map alive at once): on the CPU, a forward pass of
-    the default AddUNet measured 82-91 % of it and the bundled multi-scale denoiser 72-80 %
+    the default AddUNet measured 81-91 % of it and the bundled multi-scale denoiser 68-81 %
     (channels-last / contiguous, ``benchmarks/activation_memory.py``). Models the probe cannot
     run count every conv output channel at full resolution instead.
     """
