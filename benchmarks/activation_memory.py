@@ -10,7 +10,7 @@ adds to the process: each (model, layout, side) runs in a fresh process, which w
 up on a 64 x 64 input, reads the kernel's resident-set high-water mark (``VmHWM``), runs one
 ``side`` x ``side`` forward pass (1 thread, no gradients) and reads it again. The growth divided
 by the pixels is the row's bytes per pixel; the largest side gives the ratio to the estimate.
-Linux only (``/proc/self/status``). Writes ``docs/benchmarks/activation-memory.json`` and ``.md``.
+Read from ``VmHWM`` on Linux. Writes ``docs/benchmarks/activation-memory.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ LAYOUTS = ("engine", "default")
 
 
 def _high_water_mark() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+    """Peak resident set in bytes: ``benchmarks/inference.py``'s reader, imported by path."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from inference import _peak_rss_kb
+
+    return _peak_rss_kb() * 1024
 
 
 def _build(model_name: str):

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 import napari_addunet as na
-from napari_addunet.engine.checkpoint import local_paths, round_weights
+from napari_addunet.engine.checkpoint import STORAGE_DTYPES, local_paths, round_weights
 from napari_addunet.engine.evaluation import self_check
 from napari_addunet.engine.training import earlier_training
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--started-from", type=Path, help="the weights the run started from")
     ap.add_argument(
         "--weights-dtype",
-        choices=["float32", "float16", "bfloat16"],
+        choices=sorted(STORAGE_DTYPES),
         default="float32",
         help="store the weights at this precision (float16: half the file); the self-check is "
         "measured on the rounded weights, so it holds for the file",

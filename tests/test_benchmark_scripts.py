@@ -374,3 +374,13 @@ def test_summary_states_the_table_ratio_only_for_rows_timed_side_by_side():
         "1024x1024 float32 forward pass, median of 3"  # rescored alone
     )
     assert "side-by-side timing pass" not in "\n".join(summary.denoising_section(doc, None))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM, which only Linux has")
+def test_activation_memory_measures_a_real_growth_below_the_tile_estimate():
+    """One fresh-process measurement: a 512 x 512 forward pass grows the resident set, and by
+    less than the estimate that sizes the default tiles (the estimate is an upper bound)."""
+    act = _script("activation_memory")
+    row = act.measure("default-addunet", "engine", 512)
+    assert row["after"] > row["before"]
+    assert 0.3 * row["estimate"] < row["bytes_per_pixel"] < row["estimate"], row

@@ -290,7 +290,17 @@ def test_activation_estimate_counts_feature_maps_at_their_resolution():
     channels = sum(
         m.out_channels for m in ms.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
     )
-    assert estimate_bytes_per_pixel(ms) < 0.5 * 4 * channels
     ms.train()  # the probe leaves the mode as it was
-    estimate_bytes_per_pixel(ms)
+    assert estimate_bytes_per_pixel(ms) < 0.5 * 4 * channels
     assert ms.training
+
+
+def test_activation_estimate_probes_each_model_once():
+    """Every tiled call asks for the estimate: the probe pass runs once per model object."""
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1))
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    first = estimate_bytes_per_pixel(model)
+    assert estimate_bytes_per_pixel(model) == first and len(calls) == 1
+    other = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1))
+    assert estimate_bytes_per_pixel(other) == pytest.approx(2 * first)

@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import math
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
@@ -301,6 +302,9 @@ def tile_floor(receptive_field: int, overlap: int, multiple: int = 1) -> int:
 
 
 # -- default size -------------------------------------------------------------------------------
+_ESTIMATES: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, float]] = weakref.WeakKeyDictionary()
+
+
 def estimate_bytes_per_pixel(model: torch.nn.Module, probe: int = 64) -> float:
     """Rough activation memory per input pixel: 4 bytes per value every conv layer outputs.
 
@@ -309,8 +313,16 @@ def estimate_bytes_per_pixel(model: torch.nn.Module, probe: int = 64) -> float:
     plain encoder-decoders (every feature map alive at once): on the CPU, a forward pass of
     the default AddUNet measured 81-91 % of it and the bundled multi-scale denoiser 68-81 %
     (channels-last / contiguous, ``benchmarks/activation_memory.py``). Models the probe cannot
-    run count every conv output channel at full resolution instead.
+    run count every conv output channel at full resolution instead. The result depends on the
+    architecture only, so it is computed once per model object (every tiled call asks for it).
     """
+    known = _ESTIMATES.setdefault(model, {})
+    if probe not in known:
+        known[probe] = _probe_bytes_per_pixel(model, probe)
+    return known[probe]
+
+
+def _probe_bytes_per_pixel(model: torch.nn.Module, probe: int) -> float:
     convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
     layers = [mod for mod in model.modules() if isinstance(mod, convs)]
     full_resolution = 4.0 * max(sum(mod.out_channels for mod in layers), 16)
