@@ -5,7 +5,7 @@ Run by hand (not in CI), from the repository root:
     python benchmarks/activation_memory.py            # bundled + default AddUNet, 512/768/1024
 
 Default CPU tiles are sized by :func:`napari_addunet.engine.tiling.estimate_bytes_per_pixel`
-(every conv output of a probe pass, an upper bound). This measures what a forward pass really
+(the peak of live tensor bytes in a small probe pass). This measures what a forward pass really
 adds to the process: each (model, layout, side) runs in a fresh process, which warms the model
 up on a 64 x 64 input, reads the kernel's resident-set high-water mark (``VmHWM``), runs one
 ``side`` x ``side`` forward pass (1 thread, no gradients) and reads it again. The growth divided

@@ -338,8 +338,8 @@ def write_md(path: Path, args, model_note: str, mach: dict, speeds: dict, memory
         "",
         "- Planes are read, normalised, denoised tile by tile and written one at a time; tile "
         "activations dominate (default CPU tiles keep the model's estimated activations, "
-        f"`engine.tiling.estimate_bytes_per_pixel`, within {CPU_TILE_BUDGET / 2**20:.0f} MiB, an upper "
-        "bound: `benchmarks/activation_memory.py` measures the real growth; here they hold at most "
+        f"`engine.tiling.estimate_bytes_per_pixel`, within {CPU_TILE_BUDGET / 2**20:.0f} MiB; "
+        "`benchmarks/activation_memory.py` compares it with the real growth; here they hold at most "
         f"{t['tile']} x {t['tile']} pixels, so a 1024 x 1024 plane is {t['tiles']} tiles).",
         "- Pages of a memory-mapped input file count in the resident set once touched (the OS can "
         "drop them under pressure). Read through a memory map, each plane of the 200-plane stack "

@@ -377,10 +377,10 @@ def test_summary_states_the_table_ratio_only_for_rows_timed_side_by_side():
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM, which only Linux has")
-def test_activation_memory_measures_a_real_growth_below_the_tile_estimate():
-    """One fresh-process measurement: a 512 x 512 forward pass grows the resident set, and by
-    less than the estimate that sizes the default tiles (the estimate is an upper bound)."""
+def test_activation_memory_measures_a_real_growth_close_to_the_tile_estimate():
+    """One fresh-process measurement: a 512 x 512 forward pass grows the resident set by about
+    the estimate that sizes the default tiles (the live tensors of a probe pass)."""
     act = _script("activation_memory")
     row = act.measure("default-addunet", "engine", 512)
     assert row["after"] > row["before"]
-    assert 0.3 * row["estimate"] < row["bytes_per_pixel"] < row["estimate"], row
+    assert 0.8 * row["estimate"] < row["bytes_per_pixel"] < 1.2 * row["estimate"], row

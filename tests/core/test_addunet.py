@@ -52,6 +52,45 @@ def test_forward_equals_decode_of_encode(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_without_gradients_matches_the_training_forward_bit_for_bit(variant, channels_last):
+    """Under no_grad the forward pass reuses its own buffers in place; the result must not change."""
+    model = make(**variant, num_classes=3)
+    model.set_gates([0.4, 1.7, 0.0, 2.5, 0.9])
+    x = torch.rand(2, 1, 37, 53)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    reference = model(x)  # gradients on: the plain path
+    assert reference.denoised.requires_grad
+    with torch.no_grad():
+        lean = model(x)
+    assert torch.equal(lean.denoised, reference.denoised.detach())
+    assert torch.equal(lean.logits, reference.logits.detach())
+    assert torch.equal(x, x.clone())  # the input is not touched (global residual reads it)
+
+
+def test_inference_without_gradients_holds_fewer_feature_maps():
+    from napari_addunet.engine.tiling import _live_bytes_tracker, _storage_key
+
+    model = make(encoder="residual", multiscale=True, kernels=(3, 3, 3, 3), width=32, convs_per_level=2)
+    x = torch.rand(1, 1, 128, 128)
+    full_map = 32 * 4 * 128 * 128
+    peaks = []
+    for run in (lambda: model.decode(model.encode(x)), lambda: model(x)):
+        owned = {_storage_key(t) for t in (*model.parameters(), x)}
+        tracker = _live_bytes_tracker(owned)
+        with torch.no_grad(), tracker:
+            run()
+        peaks.append(tracker.peak)
+    cached_path, lean = peaks
+    # full resolution: the cached path holds about five maps of 32 channels at once, this one
+    # three (the level's input, the branch's hidden map and its output)
+    assert lean < 0.7 * cached_path, peaks
+    assert 3 * full_map <= lean < 4 * full_map, peaks
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("level", range(5))
 def test_zero_gate_removes_that_skip(variant, level):
     model = make(**variant)

@@ -14,6 +14,7 @@ from napari_addunet.engine.tiling import (
     TiledRunner,
     TileError,
     TileMemoryError,
+    bound_bytes_per_pixel,
     default_overlap,
     default_tile_size,
     estimate_bytes_per_pixel,
@@ -21,7 +22,7 @@ from napari_addunet.engine.tiling import (
     plan_tiles,
     tile_floor,
 )
-from napari_addunet.models import create_model
+from napari_addunet.models import create_model, list_models
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 
@@ -293,6 +294,35 @@ def test_activation_estimate_counts_feature_maps_at_their_resolution():
     ms.train()  # the probe leaves the mode as it was
     assert estimate_bytes_per_pixel(ms) < 0.5 * 4 * channels
     assert ms.training
+
+
+def test_activation_estimate_counts_only_tensors_alive_at_once():
+    """A chain of convolutions holds two maps at a time (input and output), not all of them."""
+    chain = torch.nn.Sequential(*[torch.nn.Conv2d(c, 64, 3, padding=1) for c in (1, 64, 64, 64)])
+    assert estimate_bytes_per_pixel(chain) == pytest.approx(2 * 4 * 64)
+    assert bound_bytes_per_pixel(chain) == pytest.approx(4 * 4 * 64)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_activation_bound_is_above_the_live_estimate_for_every_model(name):
+    model = create_model(name)
+    assert bound_bytes_per_pixel(model) >= estimate_bytes_per_pixel(model) > 0
+
+
+def test_an_image_that_fits_one_tile_skips_the_live_probe(monkeypatch):
+    """The bound settles small images cheaply; only a tiled image pays for the live estimate."""
+    from napari_addunet.engine import tiling
+
+    model = create_model("addunet", width=8, kernels=(3, 3))
+    rng = np.random.default_rng(0)
+    denoise(model, rng.random((64, 64), dtype=np.float32), device="cpu")
+    assert set(tiling._ESTIMATES[model]) == {("bound", 64)}
+    # a budget of about 128 x 128 px by the bound: a 300 x 300 image needs tiles
+    monkeypatch.setattr(tiling, "CPU_TILE_BUDGET", 128 * 128 * tiling.bound_bytes_per_pixel(model))
+    x = rng.random((300, 300), dtype=np.float32)
+    y = denoise(model, x, device="cpu", normalization="none")
+    assert ("live", 64) in tiling._ESTIMATES[model]
+    assert np.abs(y - _reference(model, x)).max() <= 1e-4
 
 
 def test_activation_estimate_probes_each_model_once():

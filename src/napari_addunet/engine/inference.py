@@ -339,14 +339,18 @@ def iter_denoise(
             "untiled processing",
             stacklevel=2,
         )
+    plane = (layout.height, layout.width)
     if tile is None:
-        tile_px = default_tile_size(model, dev, rf, multiple)
+        # The cheap bound settles images that fit in one tile; others need the live estimate.
+        tile_px = default_tile_size(model, dev, rf, multiple, bound=True)
+        if len(plan_tiles(plane, tile_px, ov, multiple, context).tiles) > 1:
+            tile_px = default_tile_size(model, dev, rf, multiple)
     else:
         tile_px = _int_setting("tile", tile, 0)
     floor = min(tile_floor(rf, ov, multiple), tile_px) if tile_px else tile_floor(rf, ov, multiple)
     if batch_size is not None:
         batch_size = _int_setting("batch_size", batch_size, 1)
-    plan = plan_tiles((layout.height, layout.width), tile_px, ov, multiple, context)  # raises TileError early
+    plan = plan_tiles(plane, tile_px, ov, multiple, context)  # raises TileError early
     want_classes = classify and getattr(model, "head", None) is not None
     settings = Settings(
         model=model,

@@ -43,12 +43,13 @@ import numpy as np
 import torch
 
 MIN_TILE = 32
-CPU_TILE_BUDGET = 1280 * 2**20
+CPU_TILE_BUDGET = 1024 * 2**20
 """Estimated bytes of activations one CPU tile may use (:func:`estimate_bytes_per_pixel`).
 
-About 800 x 800 px for the bundled denoiser and 960 x 960 px for the default AddUNet. The
-estimate is an upper bound: a forward pass on the CPU measured 0.68-0.91 of it
-(``benchmarks/activation_memory.py``, two runs), so a tile really adds about 0.85-1.15 GiB."""
+About 960 x 960 px for the bundled denoiser (a 1024 x 1024 plane runs as two strips) and
+1168 x 1168 px for the default AddUNet. The estimate matched the real growth of the resident
+set in the engine's layout (``benchmarks/activation_memory.py``), so a tile adds about 1 GiB
+at most; up to 1.5x that in the contiguous layout."""
 MPS_TILE_BUDGET = 1024 * 2**20
 CUDA_FREE_FRACTION = 0.5
 MAX_TILE = {"cpu": 2048, "mps": 2048, "cuda": 4096}
@@ -306,61 +307,147 @@ _ESTIMATES: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, float]] = weakr
 
 
 def estimate_bytes_per_pixel(model: torch.nn.Module, probe: int = 64) -> float:
-    """Rough activation memory per input pixel: 4 bytes per value every conv layer outputs.
+    """Activation memory per input pixel of one forward pass without gradients.
 
-    The outputs are counted on one ``probe`` x ``probe`` forward pass, so that feature maps
-    at lower resolution (multi-scale models) count at their real size. An upper bound for
-    plain encoder-decoders (every feature map alive at once): on the CPU, a forward pass of
-    the default AddUNet measured 81-91 % of it and the bundled multi-scale denoiser 68-81 %
-    (channels-last / contiguous, ``benchmarks/activation_memory.py``). Models the probe cannot
-    run count every conv output channel at full resolution instead. The result depends on the
-    architecture only, so it is computed once per model object (every tiled call asks for it).
+    Measured on one ``probe`` x ``probe`` forward pass under ``torch.no_grad()``: the peak of
+    the bytes held at once by the tensors the pass creates (not the weights or the input),
+    followed operation by operation, so that feature maps at lower resolution (multi-scale
+    models) count at their real size and tensors count only while they are alive. On the CPU
+    it matched the growth of the process's resident set in a fresh process to within 1 % for
+    the bundled denoiser and the default AddUNet in the engine's layout (channels-last); the
+    contiguous layout, whose convolutions reorder their data, used up to 1.5x as much
+    (``benchmarks/activation_memory.py``). Where that tracking is unavailable, it is
+    :func:`bound_bytes_per_pixel`. The result depends on the architecture only, so it is
+    computed once per model object (every tiled call asks for it).
     """
+    return _cached(model, ("live", probe), lambda: _probe_bytes_per_pixel(model, probe, live=True))
+
+
+def bound_bytes_per_pixel(model: torch.nn.Module, probe: int = 64) -> float:
+    """A cheaper, looser estimate than :func:`estimate_bytes_per_pixel`: the bytes of every conv
+    layer's output on one ``probe`` x ``probe`` pass, as if all were alive at once.
+
+    Above the live peak for every registered architecture (1.0-4.0x). Models the probe cannot
+    run count every conv output channel at full resolution. Cached per model object.
+    """
+    return _cached(model, ("bound", probe), lambda: _probe_bytes_per_pixel(model, probe, live=False))
+
+
+def _cached(model: torch.nn.Module, key: tuple[str, int], compute: Callable[[], float]) -> float:
     known = _ESTIMATES.setdefault(model, {})
-    if probe not in known:
-        known[probe] = _probe_bytes_per_pixel(model, probe)
-    return known[probe]
+    if key not in known:
+        known[key] = compute()
+    return known[key]
 
 
-def _probe_bytes_per_pixel(model: torch.nn.Module, probe: int) -> float:
+def _probe_bytes_per_pixel(model: torch.nn.Module, probe: int, live: bool) -> float:
     convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
     layers = [mod for mod in model.modules() if isinstance(mod, convs)]
     full_resolution = 4.0 * max(sum(mod.out_channels for mod in layers), 16)
     multiple = max(1, int(getattr(model, "size_multiple", 1)))
     side = _ceil_to(max(probe, 4 * multiple), multiple)
     in_channels = int(getattr(model, "in_channels", layers[0].in_channels if layers else 1))
-    values = [0]
+    outputs = [0]
 
     def count(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        values[0] += output.numel()
+        outputs[0] += output.numel()
 
-    hooks = [mod.register_forward_hook(count) for mod in layers]
+    hooks = [] if live else [mod.register_forward_hook(count) for mod in layers]
+    tracker = None
     was_training = model.training
     try:
         param = next(model.parameters(), None)
         x = torch.zeros(1, in_channels, side, side, device=param.device if param is not None else "cpu")
         model.eval()
+        if live:
+            owned = {_storage_key(t) for t in (*model.parameters(), *model.buffers(), x)}
+            tracker = _live_bytes_tracker(owned)
+            if tracker is None:  # pragma: no cover - torch without dispatch modes
+                return bound_bytes_per_pixel(model, probe)
         with torch.no_grad():
-            model(x)
+            if tracker is None:
+                model(x)
+            else:
+                with tracker:
+                    model(x)
     except Exception:  # noqa: BLE001 - exotic models: the full-resolution bound
         return full_resolution
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    return max(4.0 * values[0] / (side * side), 64.0)
+    counted = tracker.peak if tracker is not None else 4.0 * outputs[0]
+    return max(counted / (side * side), 64.0)
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+    return (t.device.type, t.untyped_storage().data_ptr())
+
+
+def _live_bytes_tracker(owned: set[tuple[str, int]]) -> Any:
+    """A dispatch mode that follows the bytes of the tensors created under it (``peak``).
+
+    A storage counts from the first operation that returns it until the last tensor object
+    on it is freed; storages in ``owned`` (weights, buffers, the input) never count. ``None``
+    where torch offers no dispatch modes.
+    """
+    try:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+    except ImportError:  # pragma: no cover - torch without dispatch modes
+        return None
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = 0
+            self.peak = 0
+            self._views: dict[tuple[str, int], int] = {}
+            self._bytes: dict[tuple[str, int], int] = {}
+
+        def _release(self, key: tuple[str, int]) -> None:
+            self._views[key] -= 1
+            if not self._views[key]:
+                del self._views[key]
+                self.live -= self._bytes.pop(key)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if not isinstance(t, torch.Tensor):
+                    continue
+                key = _storage_key(t)
+                nbytes = t.untyped_storage().nbytes()
+                if key in owned or not nbytes:
+                    continue
+                if key not in self._views:
+                    self._views[key] = 0
+                    self._bytes[key] = nbytes
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                self._views[key] += 1
+                weakref.finalize(t, self._release, key)
+            return out
+
+    return LiveBytes()
 
 
 def default_tile_size(
-    model: torch.nn.Module, device: torch.device, receptive_field: int, multiple: int = 1
+    model: torch.nn.Module,
+    device: torch.device,
+    receptive_field: int,
+    multiple: int = 1,
+    bound: bool = False,
 ) -> int:
     """Default tile side for ``model`` on ``device``.
 
     CPU: activations within :data:`CPU_TILE_BUDGET`; CUDA: half of the free memory
-    reported by ``torch.cuda.mem_get_info``; MPS: :data:`MPS_TILE_BUDGET`. Tiles then hold
-    at most ``side * side`` pixels (see :func:`plan_tiles`). The side is a multiple of 16
-    (and of ``multiple``), at least :func:`tile_floor` and at most :data:`MAX_TILE` for the
-    device type.
+    reported by ``torch.cuda.mem_get_info``; MPS: :data:`MPS_TILE_BUDGET`, by
+    :func:`estimate_bytes_per_pixel` (``bound=True``: by the cheaper, larger
+    :func:`bound_bytes_per_pixel`, which gives smaller tiles; enough to tell that an image
+    fits in one). Tiles then hold at most ``side * side`` pixels (see :func:`plan_tiles`).
+    The side is a multiple of 16 (and of ``multiple``), at least :func:`tile_floor` and at
+    most :data:`MAX_TILE` for the device type.
     """
     kind = device.type
     if kind == "cuda":
@@ -373,7 +460,8 @@ def default_tile_size(
         budget = MPS_TILE_BUDGET
     else:
         budget = CPU_TILE_BUDGET
-    side = int(math.sqrt(budget / estimate_bytes_per_pixel(model)))
+    per_pixel = bound_bytes_per_pixel(model) if bound else estimate_bytes_per_pixel(model)
+    side = int(math.sqrt(budget / per_pixel))
     side = min(_floor_to(side, 16), MAX_TILE.get(kind, 2048))
     ov = default_overlap(receptive_field, multiple)
     side = max(side, tile_floor(receptive_field, ov, multiple))

@@ -89,6 +89,13 @@ class AddUNetFeatures:
     size: tuple[int, int]
 
 
+def _leaves(module: nn.Module) -> list[nn.Module]:
+    """The modules a chain of ``nn.Sequential`` runs, in order (nested chains flattened)."""
+    if isinstance(module, nn.Sequential):
+        return [leaf for child in module for leaf in _leaves(child)]
+    return [module]
+
+
 def _inverse_softplus(alpha: float) -> float:
     if alpha == 0.0:
         return -math.inf
@@ -236,4 +243,53 @@ class AddUNet(DenoiserModel):
         return self._decode_image(skips, bottleneck, x, self.gate_tensor()), bottleneck
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        return self.decode(self.encode(x))
+        if torch.is_grad_enabled():
+            return self.decode(self.encode(x))
+        return self._forward_lean(x)
+
+    def _forward_lean(self, x: torch.Tensor) -> ModelOutput:
+        """Inference without gradients, with the same result as ``decode(encode(x))`` bit for bit.
+
+        No tensor here is shared with a caller or kept for a backward pass, so the encoder
+        subtracts in place, each skip is released once added, and the decoder's convolutions
+        release their inputs as they go: a full-resolution level holds at most three feature
+        maps at once instead of about five (``benchmarks/activation_memory.py``), so default
+        tiles can be larger.
+        """
+        self.check_input(x)
+        xp, size = self.pad_input(x)
+        multiscale, residual, last = (
+            self.config.multiscale,
+            self.config.encoder == "residual",
+            self.config.depth - 1,
+        )
+        u = self.stem(xp)
+        skips: list[torch.Tensor] = []
+        for i, enc in enumerate(self.encoders):
+            if residual:
+                r = enc(u)
+                skips.append(r)
+                u.sub_(r)  # the values of ``u - r``; ``u`` is this pass's own tensor
+                del r
+            else:
+                u = enc(u)
+                skips.append(u)
+            if multiscale and i < last:
+                u = self.downs[i](u)
+        logits = self.head(u) if self.head is not None else None  # before the decoder reuses ``u``
+        if not residual:
+            u = u.clone()  # ``u`` is also the deepest skip
+        alphas = self.gate_tensor()
+        for j in range(last, -1, -1):
+            skip = skips.pop()
+            u.add_(skip.mul_(alphas[j]))  # the values of ``u + alphas[j] * skip``
+            del skip
+            for layer in _leaves(self.decoders[j]):
+                u = layer(u)
+            if multiscale and j > 0:
+                u = self.ups[j - 1](u)
+        y = self.out(u)
+        del u
+        if self.config.global_residual:
+            y = y + xp
+        return ModelOutput(self.crop_output(y, size), logits)
