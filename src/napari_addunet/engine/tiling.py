@@ -303,7 +303,9 @@ def tile_floor(receptive_field: int, overlap: int, multiple: int = 1) -> int:
 
 
 # -- default size -------------------------------------------------------------------------------
-_ESTIMATES: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, float]] = weakref.WeakKeyDictionary()
+_ESTIMATES: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, int], float]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def estimate_bytes_per_pixel(model: torch.nn.Module, probe: int = 64) -> float:
