@@ -46,6 +46,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any], str]] = {
     "ms-real-c48": ("addunet", {**MS, "width": 48}, "AddUNet Real, multi-scale, C=48, 4 levels of 2 3x3"),
     "ms-real-c64": ("addunet", {**MS, "width": 64}, "AddUNet Real, multi-scale, C=64, 4 levels of 2 3x3"),
     "ms-real-c96": ("addunet", {**MS, "width": 96}, "AddUNet Real, multi-scale, C=96, 4 levels of 2 3x3"),
+    "ms-real-c112": ("addunet", {**MS, "width": 112}, "AddUNet Real, multi-scale, C=112, 4 levels of 2 3x3"),
     "ms-pseudo-c64": (
         "addunet",
         {**MS, "width": 64, "encoder": "plain"},

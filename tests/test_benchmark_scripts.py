@@ -384,3 +384,39 @@ def test_activation_memory_measures_a_real_growth_close_to_the_tile_estimate():
     row = act.measure("default-addunet", "engine", 512)
     assert row["after"] > row["before"]
     assert 0.8 * row["estimate"] < row["bytes_per_pixel"] < 1.2 * row["estimate"], row
+
+
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_widen_addunet_keeps_the_function_and_records_the_step(tmp_path, multiscale):
+    wid = _script("widen_addunet", "scripts")
+    torch.manual_seed(0)
+    model = na.create_model("addunet", width=6, kernels=(3, 3, 3), convs_per_level=2, multiscale=multiscale)
+    model.set_gates([0.3, 1.2, 0.8])
+    model.eval()
+    x = torch.rand(2, 1, 40, 36)
+    wide = wid.widen_addunet(model, 11)
+    assert wide.config.width == 11 and wide.gates == pytest.approx(model.gates)
+    with torch.no_grad():
+        before, after = model(x).denoised, wide(x).denoised
+        noisy = wid.widen_addunet(model, 11, noise=1e-2)(x).denoised
+    assert (after - before).abs().max() < 1e-5
+    assert 1e-5 < (noisy - before).abs().max() < 0.2  # the tie is broken, the function nearly kept
+    with pytest.raises(ValueError, match="narrow"):
+        wid.widen_addunet(model, 4)
+    with pytest.raises(ValueError, match="only AddUNet"):
+        wid.widen_addunet(na.create_model("dncnn", depth=3, width=4), 8)
+
+    source = tmp_path / "in.safetensors"
+    na.save_model(model, source, training={"command": "python train.py", "steps": 10})
+    dest = tmp_path / "out.safetensors"
+    assert wid.main([str(source), str(dest), "--width", "9", "--noise", "0"]) == 0
+    loaded = na.load_model(dest)
+    training = loaded.metadata["training"]
+    assert training["command"] == "python train.py" and training["steps"] == 10
+    assert training["transformed"]["from_width"] == 6 and training["transformed"]["to_width"] == 9
+    with torch.no_grad():
+        assert (loaded(x).denoised - before).abs().max() < 1e-5
+    untouched = dest.read_bytes()
+    with pytest.raises(Exception, match="exists"):  # never replaces a file
+        wid.main([str(source), str(dest), "--width", "12"])
+    assert dest.read_bytes() == untouched

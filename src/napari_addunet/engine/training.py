@@ -142,6 +142,7 @@ _LINEAGE_KEYS = (
     "metrics",
     "data_description",
     "started_from",
+    "transformed",
 )
 
 
