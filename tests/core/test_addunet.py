@@ -70,6 +70,23 @@ def test_inference_without_gradients_matches_the_training_forward_bit_for_bit(va
     assert torch.equal(x, x.clone())  # the input is not touched (global residual reads it)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_decoding_cached_features_leaves_them_untouched(variant):
+    """The gate preview decodes the same cached features again and again."""
+    model = make(**variant)
+    x = torch.rand(1, 1, 33, 41)
+    reference = model.decode(model.encode(x), gates=[0.5, 1.5, 0.2, 1.0, 2.0]).denoised.detach()
+    with torch.no_grad():
+        features = model.encode(x)
+        kept = [t.clone() for t in (*features.skips, features.bottleneck, features.input)]
+        first = model.decode(features, gates=[0.5, 1.5, 0.2, 1.0, 2.0]).denoised
+        model.decode(features, gates=[0.0, 0.0, 3.0, 0.0, 0.1])
+        again = model.decode(features, gates=[0.5, 1.5, 0.2, 1.0, 2.0]).denoised
+    assert torch.equal(first, reference) and torch.equal(again, reference)
+    for before, now in zip(kept, (*features.skips, features.bottleneck, features.input), strict=True):
+        assert torch.equal(before, now)
+
+
 def test_inference_without_gradients_holds_fewer_feature_maps():
     from napari_addunet.engine.tiling import _live_bytes_tracker, _storage_key
 

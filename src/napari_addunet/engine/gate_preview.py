@@ -195,7 +195,7 @@ class GatePreview:
             start = depth - 1
         u = f.bottleneck if start == depth - 1 else self._levels[start + 1]
         for j in range(start, -1, -1):
-            u = m.decoders[j](u + alphas[j] * f.skips[j])
+            u = m.decode_level(j, u, f.skips[j], alphas[j])
             if cfg.multiscale and j > 0:
                 u = m.ups[j - 1](u)
             self._levels[j] = u

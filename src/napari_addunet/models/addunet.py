@@ -208,13 +208,30 @@ class AddUNet(DenoiserModel):
     ) -> torch.Tensor:
         u = bottleneck
         for j in range(self.config.depth - 1, -1, -1):
-            u = self.decoders[j](u + alphas[j] * skips[j])
+            u = self.decode_level(j, u, skips[j], alphas[j])
             if self.config.multiscale and j > 0:
                 u = self.ups[j - 1](u)
         y = self.out(u)
         if self.config.global_residual:
             y = y + xp
         return y
+
+    def decode_level(
+        self, j: int, u: torch.Tensor, skip: torch.Tensor, alpha: torch.Tensor | float
+    ) -> torch.Tensor:
+        """Decoder level ``j``: ``Dec_j(u + alpha * skip)``; ``u`` and ``skip`` are not modified.
+
+        Without gradients the sum is built in one new buffer (``alpha * skip``, then ``u`` added
+        in place: the same values, as addition commutes) and each convolution releases its
+        input, which saves two feature maps of memory traffic per level.
+        """
+        if torch.is_grad_enabled():
+            return self.decoders[j](u + alpha * skip)
+        v = alpha * skip
+        v.add_(u)
+        for layer in _leaves(self.decoders[j]):
+            v = layer(v)
+        return v
 
     def encode(self, x: torch.Tensor) -> AddUNetFeatures:
         """Run the encoder once and keep its outputs (they do not depend on the gates)."""
