@@ -222,8 +222,8 @@ class AddUNet(DenoiserModel):
         """Decoder level ``j``: ``Dec_j(u + alpha * skip)``; ``u`` and ``skip`` are not modified.
 
         Without gradients the sum is built in one new buffer (``alpha * skip``, then ``u`` added
-        in place: the same values, as addition commutes) and each convolution releases its
-        input, which saves two feature maps of memory traffic per level.
+        in place: the same values, as addition commutes) instead of two; the time did not
+        change measurably (512 x 512, the bundled model).
         """
         if torch.is_grad_enabled():
             return self.decoders[j](u + alpha * skip)
