@@ -31,6 +31,7 @@ with the least total work is used, so a 1024 x 1024 plane with 752 x 752 tiles b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -366,12 +367,8 @@ def _probe_bytes_per_pixel(model: torch.nn.Module, probe: int, live: bool) -> fl
             tracker = _live_bytes_tracker(owned)
             if tracker is None:  # pragma: no cover - torch without dispatch modes
                 return bound_bytes_per_pixel(model, probe)
-        with torch.no_grad():
-            if tracker is None:
-                model(x)
-            else:
-                with tracker:
-                    model(x)
+        with torch.no_grad(), tracker if tracker is not None else contextlib.nullcontext():
+            model(x)
     except Exception:  # noqa: BLE001 - exotic models: the full-resolution bound
         return full_resolution
     finally:

@@ -187,7 +187,10 @@ class AddUNet(DenoiserModel):
             self.beta.copy_(torch.tensor([_inverse_softplus(v) for v in vals], dtype=self.beta.dtype))
 
     # -- encoder / decoder -------------------------------------------------------------------------
-    def _encode_padded(self, xp: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _encode_padded(
+        self, xp: torch.Tensor, in_place: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Skips and bottleneck; ``in_place`` (no gradients only) subtracts into the pass's own maps."""
         x = self.stem(xp)
         skips = []
         last = self.config.depth - 1
@@ -195,7 +198,7 @@ class AddUNet(DenoiserModel):
             if self.config.encoder == "residual":
                 r = enc(x)
                 skips.append(r)
-                x = x - r
+                x = x.sub_(r) if in_place else x - r  # the same values either way
             else:
                 x = enc(x)
                 skips.append(x)
@@ -204,11 +207,25 @@ class AddUNet(DenoiserModel):
         return skips, x
 
     def _decode_image(
-        self, skips: Sequence[torch.Tensor], bottleneck: torch.Tensor, xp: torch.Tensor, alphas: torch.Tensor
+        self,
+        skips: Sequence[torch.Tensor],
+        bottleneck: torch.Tensor,
+        xp: torch.Tensor,
+        alphas: torch.Tensor,
+        consume: bool = False,
     ) -> torch.Tensor:
+        """The decoder. ``consume`` (no gradients, and ``skips`` a list and ``bottleneck`` owned
+        by this pass): each skip is scaled in place, added into ``u`` and released."""
         u = bottleneck
         for j in range(self.config.depth - 1, -1, -1):
-            u = self.decode_level(j, u, skips[j], alphas[j])
+            if consume:
+                skip = skips.pop()  # type: ignore[attr-defined]
+                u.add_(skip.mul_(alphas[j]))  # the values of ``u + alphas[j] * skip``
+                del skip
+                for layer in _leaves(self.decoders[j]):  # each input is released once used
+                    u = layer(u)
+            else:
+                u = self.decode_level(j, u, skips[j], alphas[j])
             if self.config.multiscale and j > 0:
                 u = self.ups[j - 1](u)
         y = self.out(u)
@@ -229,7 +246,7 @@ class AddUNet(DenoiserModel):
             return self.decoders[j](u + alpha * skip)
         v = alpha * skip
         v.add_(u)
-        for layer in _leaves(self.decoders[j]):
+        for layer in _leaves(self.decoders[j]):  # each input is released once used
             v = layer(v)
         return v
 
@@ -275,38 +292,9 @@ class AddUNet(DenoiserModel):
         """
         self.check_input(x)
         xp, size = self.pad_input(x)
-        multiscale, residual, last = (
-            self.config.multiscale,
-            self.config.encoder == "residual",
-            self.config.depth - 1,
-        )
-        u = self.stem(xp)
-        skips: list[torch.Tensor] = []
-        for i, enc in enumerate(self.encoders):
-            if residual:
-                r = enc(u)
-                skips.append(r)
-                u.sub_(r)  # the values of ``u - r``; ``u`` is this pass's own tensor
-                del r
-            else:
-                u = enc(u)
-                skips.append(u)
-            if multiscale and i < last:
-                u = self.downs[i](u)
+        skips, u = self._encode_padded(xp, in_place=True)
         logits = self.head(u) if self.head is not None else None  # before the decoder reuses ``u``
-        if not residual:
+        if self.config.encoder != "residual":
             u = u.clone()  # ``u`` is also the deepest skip
-        alphas = self.gate_tensor()
-        for j in range(last, -1, -1):
-            skip = skips.pop()
-            u.add_(skip.mul_(alphas[j]))  # the values of ``u + alphas[j] * skip``
-            del skip
-            for layer in _leaves(self.decoders[j]):
-                u = layer(u)
-            if multiscale and j > 0:
-                u = self.ups[j - 1](u)
-        y = self.out(u)
-        del u
-        if self.config.global_residual:
-            y = y + xp
+        y = self._decode_image(skips, u, xp, self.gate_tensor(), consume=True)
         return ModelOutput(self.crop_output(y, size), logits)
