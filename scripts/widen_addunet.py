@@ -54,6 +54,8 @@ def widen_addunet(model: nn.Module, width: int, noise: float = 0.0, seed: int = 
         raise ValueError(f"only AddUNet models can be widened, not {model.architecture!r}")
     if config.batch_norm:
         raise ValueError("widening a model with batch normalisation is not supported")
+    if model.head is not None:
+        raise ValueError("widening a model with a classification head is not supported")
     generator = torch.Generator().manual_seed(seed)
     mapping = channel_map(config.width, width, generator)
     copies = torch.bincount(mapping, minlength=config.width).float()
@@ -83,8 +85,6 @@ def widen_addunet(model: nn.Module, width: int, noise: float = 0.0, seed: int = 
                     if p is not None and p.numel() > 1:
                         p.add_(noise * p.std() * torch.randn(p.shape, generator=generator))
         wide.beta.copy_(model.beta)
-        if model.head is not None:
-            raise ValueError("widening a model with a classification head is not supported")
     wide.metadata = dict(model.metadata)
     return wide.eval()
 
@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     model = na.load_model(args.source)
-    old_width = model.config.width
-    wide = widen_addunet(model, args.width, args.noise, args.seed)
+    old_width = getattr(model.config, "width", None)
+    try:
+        wide = widen_addunet(model, args.width, args.noise, args.seed)
+    except ValueError as exc:
+        ap.error(str(exc))
     metadata = dict(wide.metadata)
     training = dict(metadata.get("training") or {})
     training["transformed"] = {

@@ -420,3 +420,22 @@ def test_widen_addunet_keeps_the_function_and_records_the_step(tmp_path, multisc
     with pytest.raises(Exception, match="exists"):  # never replaces a file
         wid.main([str(source), str(dest), "--width", "12"])
     assert dest.read_bytes() == untouched
+    # a run started from the widened file keeps the step in its lineage
+    from napari_addunet.engine.training import earlier_training
+
+    assert earlier_training(loaded.metadata)["transformed"]["to_width"] == 9
+
+
+def test_widen_addunet_refuses_what_it_cannot_widen(tmp_path, capsys):
+    wid = _script("widen_addunet", "scripts")
+    with pytest.raises(ValueError, match="batch normalisation"):
+        wid.widen_addunet(na.create_model("addunet", width=4, kernels=(3,), batch_norm=True), 8)
+    with pytest.raises(ValueError, match="classification head"):
+        wid.widen_addunet(na.create_model("addunet", width=4, kernels=(3,), num_classes=3), 8)
+    source = tmp_path / "in.safetensors"
+    na.save_model(na.create_model("addunet", width=6, kernels=(3,)), source)
+    dest = tmp_path / "out.safetensors"
+    with pytest.raises(SystemExit) as stop:
+        wid.main([str(source), str(dest), "--width", "4"])
+    assert stop.value.code == 2 and "cannot narrow an AddUNet: width 6 -> 4" in capsys.readouterr().err
+    assert not dest.exists()
