@@ -312,7 +312,9 @@ _ESTIMATES: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, int], flo
 def estimate_bytes_per_pixel(model: torch.nn.Module, probe: int = 64) -> float:
     """Activation memory per input pixel of one forward pass without gradients.
 
-    Measured on one ``probe`` x ``probe`` forward pass under ``torch.no_grad()``: the peak of
+    Measured on one forward pass under ``torch.no_grad()`` over a strip ``8 * probe`` rows tall
+    and ``probe`` wide (tall enough that passes computed in bands of rows, like AddUNet's
+    residual branches, show what they hold on a large image): the peak of
     the bytes held at once by the tensors the pass creates (not the weights or the input),
     followed operation by operation, so that feature maps at lower resolution (multi-scale
     models) count at their real size and tensors count only while they are alive. On the CPU
@@ -349,6 +351,7 @@ def _probe_bytes_per_pixel(model: torch.nn.Module, probe: int, live: bool) -> fl
     full_resolution = 4.0 * max(sum(mod.out_channels for mod in layers), 16)
     multiple = max(1, int(getattr(model, "size_multiple", 1)))
     side = _ceil_to(max(probe, 4 * multiple), multiple)
+    rows = 8 * side if live else side
     in_channels = int(getattr(model, "in_channels", layers[0].in_channels if layers else 1))
     outputs = [0]
 
@@ -360,7 +363,7 @@ def _probe_bytes_per_pixel(model: torch.nn.Module, probe: int, live: bool) -> fl
     was_training = model.training
     try:
         param = next(model.parameters(), None)
-        x = torch.zeros(1, in_channels, side, side, device=param.device if param is not None else "cpu")
+        x = torch.zeros(1, in_channels, rows, side, device=param.device if param is not None else "cpu")
         model.eval()
         if live:
             owned = {_storage_key(t) for t in (*model.parameters(), *model.buffers(), x)}
@@ -376,7 +379,7 @@ def _probe_bytes_per_pixel(model: torch.nn.Module, probe: int, live: bool) -> fl
             hook.remove()
         model.train(was_training)
     counted = tracker.peak if tracker is not None else 4.0 * outputs[0]
-    return max(counted / (side * side), 64.0)
+    return max(counted / (rows * side), 64.0)
 
 
 def _storage_key(t: torch.Tensor) -> tuple[str, int]:

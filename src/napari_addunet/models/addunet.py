@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .banded import band_halo, run_in_bands
 from .base import DenoiserModel
 from .blocks import ConvAct, conv
 from .config import ConfigError, ModelConfig, setting
@@ -104,6 +105,10 @@ def _inverse_softplus(alpha: float) -> float:
     return math.log(math.expm1(alpha))
 
 
+#: Output rows per band when an encoder branch runs in bands (no gradients, residual encoder).
+BAND_ROWS = 32
+
+
 @register_model("addunet", AddUNetConfig, "Additive U-Net: gated additive skips at a fixed width")
 class AddUNet(DenoiserModel):
     """Additive U-Net (Lakkavalli and Sinha, 2026) with optional classification head.
@@ -190,13 +195,14 @@ class AddUNet(DenoiserModel):
     def _encode_padded(
         self, xp: torch.Tensor, in_place: bool = False
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Skips and bottleneck; ``in_place`` (no gradients only) subtracts into the pass's own maps."""
+        """Skips and bottleneck; ``in_place`` (no gradients only) subtracts into the pass's own maps
+        and runs each residual branch in bands of rows, so its hidden map never exists whole."""
         x = self.stem(xp)
         skips = []
         last = self.config.depth - 1
         for i, enc in enumerate(self.encoders):
             if self.config.encoder == "residual":
-                r = enc(x)
+                r = self._branch_in_bands(enc, x) if in_place else enc(x)
                 skips.append(r)
                 x = x.sub_(r) if in_place else x - r  # the same values either way
             else:
@@ -205,6 +211,18 @@ class AddUNet(DenoiserModel):
             if self.config.multiscale and i < last:
                 x = self.downs[i](x)
         return skips, x
+
+    @staticmethod
+    def _branch_in_bands(enc: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``enc(x)``, in bands of :data:`BAND_ROWS` rows when the map is tall enough (same values).
+
+        The branch's input stays alive for the subtraction, so whole, it would hold three maps
+        at once (input, hidden, output); in bands it holds two and a few bands of rows.
+        """
+        layers = _leaves(enc)
+        if x.shape[-2] <= 2 * BAND_ROWS or len(layers) < 2 or band_halo(layers) is None:
+            return enc(x)
+        return run_in_bands(layers, x, BAND_ROWS)
 
     def _decode_image(
         self,
@@ -285,10 +303,11 @@ class AddUNet(DenoiserModel):
         """Inference without gradients, with the same result as ``decode(encode(x))`` bit for bit.
 
         No tensor here is shared with a caller or kept for a backward pass, so the encoder
-        subtracts in place, each skip is released once added, and the decoder's convolutions
-        release their inputs as they go: a full-resolution level holds at most three feature
-        maps at once instead of about five (``benchmarks/activation_memory.py``), so default
-        tiles can be larger.
+        subtracts in place, each residual branch runs in bands of rows, each skip is released
+        once added, and the decoder's convolutions release their inputs as they go: a
+        full-resolution level holds about two feature maps at once (and a quarter-resolution
+        one) instead of about five (``benchmarks/activation_memory.py``), so default tiles can
+        be larger.
         """
         self.check_input(x)
         xp, size = self.pad_input(x)
