@@ -11,6 +11,10 @@ up on a 64 x 64 input, reads the kernel's resident-set high-water mark (``VmHWM`
 ``side`` x ``side`` forward pass (1 thread, no gradients) and reads it again. The growth divided
 by the pixels is the row's bytes per pixel; the largest side gives the ratio to the estimate.
 Read from ``VmHWM`` on Linux. Writes ``docs/benchmarks/activation-memory.json`` and ``.md``.
+
+A last pair of rows runs the bundled model in the engine's layout with AddUNet's banded
+residual branches on and off (``models/banded.py``; off sets ``BAND_ROWS`` beyond any image):
+the memory of each, and the CPU seconds of a second pass of the same size in the same process.
 """
 
 from __future__ import annotations
@@ -52,14 +56,19 @@ def _build(model_name: str):
     return na.load_model(model_name)
 
 
-def child(model_name: str, layout: str, side: int) -> dict:
+def child(model_name: str, layout: str, side: int, bands: str = "on") -> dict:
     """One measurement in this (fresh) process; returns bytes and the tile estimate."""
+    import time
+
     import torch
 
     from napari_addunet.engine.devices import use_fast_layout
     from napari_addunet.engine.tiling import estimate_bytes_per_pixel
+    from napari_addunet.models import addunet
 
     torch.set_num_threads(1)
+    if bands == "off":
+        addunet.BAND_ROWS = 1 << 30
     model = _build(model_name)
     estimate = estimate_bytes_per_pixel(model)
     if layout == "engine":
@@ -69,17 +78,21 @@ def child(model_name: str, layout: str, side: int) -> dict:
         before = _high_water_mark()
         out = model(torch.rand(1, 1, side, side)).denoised
         after = _high_water_mark()
+        start = time.process_time()
+        model(torch.rand(1, 1, side, side))
+        cpu_s = time.process_time() - start
     assert out.shape[-1] == side
     return {
         "before": before,
         "after": after,
         "bytes_per_pixel": (after - before) / side**2,
         "estimate": estimate,
+        "cpu_s": cpu_s,
     }
 
 
-def measure(model_name: str, layout: str, side: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", model_name, layout, str(side)]
+def measure(model_name: str, layout: str, side: int, bands: str = "on") -> dict:
+    cmd = [sys.executable, __file__, "--child", model_name, layout, str(side), bands]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -87,10 +100,11 @@ def measure(model_name: str, layout: str, side: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sides", type=int, nargs="+", default=[512, 768, 1024])
-    ap.add_argument("--child", nargs=3, metavar=("MODEL", "LAYOUT", "SIDE"), help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of the bands on / off pair")
+    ap.add_argument("--child", nargs=4, metavar=("MODEL", "LAYOUT", "SIDE", "BANDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]))))
+        print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]), args.child[3])))
         return
     from napari_addunet.engine.atomic import atomic_write_text
     from napari_addunet.engine.tiling import CPU_TILE_BUDGET
@@ -110,12 +124,28 @@ def main(argv: list[str] | None = None) -> None:
                 }
             )
             print(rows[-1], flush=True)
+    side = max(args.sides)
+    pair: dict[str, list[dict]] = {"on": [], "off": []}
+    for _ in range(args.rounds):  # alternating, so that a change of machine load hits both
+        for bands in pair:
+            pair[bands].append(measure("addunet-gray-blind", "engine", side, bands))
+    banded = {
+        bands: {
+            "bytes_per_pixel": round(min(r["bytes_per_pixel"] for r in runs), 1),
+            "cpu_s": round(min(r["cpu_s"] for r in runs), 3),
+        }
+        for bands, runs in pair.items()
+    }
+    banded["cpu_ratio_on_off"] = round(banded["on"]["cpu_s"] / banded["off"]["cpu_s"], 3)
+    print(banded, flush=True)
     doc = {
         "command": "python benchmarks/activation_memory.py" + ("" if argv is None else " " + " ".join(argv)),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
         "cpu_tile_budget_mib": CPU_TILE_BUDGET / 2**20,
         "rows": rows,
+        "bands_side": side,
+        "bands": banded,
     }
     sides = " | ".join(f"{s} px" for s in args.sides)
     lines = [
@@ -140,6 +170,13 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"| {row['model']} | {row['layout']} | {cells} | {row['estimate']:.0f} | {row['ratio_to_estimate']:.2f} |"
         )
+    lines += [
+        "",
+        f"Banded residual branches (`models/banded.py`), bundled model, engine layout, {side} x {side}, "
+        f"best of {args.rounds} alternating fresh processes each: on, {banded['on']['bytes_per_pixel']:.0f} B/px "
+        f"and {banded['on']['cpu_s']:.2f} CPU s per pass; off, {banded['off']['bytes_per_pixel']:.0f} B/px and "
+        f"{banded['off']['cpu_s']:.2f} CPU s. CPU time on / off: {banded['cpu_ratio_on_off']:.3f}.",
+    ]
     atomic_write_text(OUT_JSON, json.dumps(doc, indent=2) + "\n")
     atomic_write_text(OUT_MD, "\n".join(lines) + "\n")
     print(f"wrote {OUT_MD.relative_to(ROOT)}")

@@ -386,6 +386,15 @@ def test_activation_memory_measures_a_real_growth_close_to_the_tile_estimate():
     assert 0.8 * row["estimate"] < row["bytes_per_pixel"] < 1.2 * row["estimate"], row
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM, which only Linux has")
+def test_banded_branches_lower_the_measured_memory_of_the_bundled_model():
+    """Fresh processes, bands on and off: the resident set grows measurably less with bands."""
+    act = _script("activation_memory")
+    on, off = (act.measure("addunet-gray-blind", "engine", 512, bands) for bands in ("on", "off"))
+    assert on["bytes_per_pixel"] < 0.9 * off["bytes_per_pixel"], (on, off)
+    assert on["cpu_s"] > 0 and off["cpu_s"] > 0
+
+
 @pytest.mark.parametrize("multiscale", [False, True])
 def test_widen_addunet_keeps_the_function_and_records_the_step(tmp_path, multiscale):
     wid = _script("widen_addunet", "scripts")
