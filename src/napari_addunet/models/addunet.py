@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import addunet_bands
 from .banded import band_halo, run_in_bands
 from .base import DenoiserModel
 from .blocks import ConvAct, conv
@@ -197,10 +198,16 @@ class AddUNet(DenoiserModel):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Skips and bottleneck; ``in_place`` (no gradients only) subtracts into the pass's own maps
         and runs each residual branch in bands of rows, so its hidden map never exists whole."""
-        x = self.stem(xp)
-        skips = []
+        return self._encode_levels(self.stem(xp), [], 0, in_place)
+
+    def _encode_levels(
+        self, x: torch.Tensor, skips: list[torch.Tensor], start: int, in_place: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The encoder from level ``start`` on (``x`` its input), appending to ``skips``."""
         last = self.config.depth - 1
         for i, enc in enumerate(self.encoders):
+            if i < start:
+                continue
             if self.config.encoder == "residual":
                 r = self._branch_in_bands(enc, x) if in_place else enc(x)
                 skips.append(r)
@@ -234,8 +241,22 @@ class AddUNet(DenoiserModel):
     ) -> torch.Tensor:
         """The decoder. ``consume`` (no gradients, and ``skips`` a list and ``bottleneck`` owned
         by this pass): each skip is scaled in place, added into ``u`` and released."""
-        u = bottleneck
-        for j in range(self.config.depth - 1, -1, -1):
+        u = self._decode_levels(skips, bottleneck, alphas, consume, 0)
+        y = self.out(u)
+        if self.config.global_residual:
+            y = y + xp
+        return y
+
+    def _decode_levels(
+        self,
+        skips: Sequence[torch.Tensor],
+        u: torch.Tensor,
+        alphas: torch.Tensor,
+        consume: bool,
+        stop: int,
+    ) -> torch.Tensor:
+        """Decoder levels from the deepest down to ``stop``; up-samples after each but ``stop``."""
+        for j in range(self.config.depth - 1, stop - 1, -1):
             if consume:
                 skip = skips.pop()  # type: ignore[attr-defined]
                 u.add_(skip.mul_(alphas[j]))  # the values of ``u + alphas[j] * skip``
@@ -244,12 +265,9 @@ class AddUNet(DenoiserModel):
                     u = layer(u)
             else:
                 u = self.decode_level(j, u, skips[j], alphas[j])
-            if self.config.multiscale and j > 0:
+            if self.config.multiscale and j > stop:
                 u = self.ups[j - 1](u)
-        y = self.out(u)
-        if self.config.global_residual:
-            y = y + xp
-        return y
+        return u
 
     def decode_level(
         self, j: int, u: torch.Tensor, skip: torch.Tensor, alpha: torch.Tensor | float
@@ -311,9 +329,26 @@ class AddUNet(DenoiserModel):
         """
         self.check_input(x)
         xp, size = self.pad_input(x)
+        if addunet_bands.level0_in_bands(self, xp.shape[-2], BAND_ROWS):
+            return self._forward_level0_in_bands(xp, size)
         skips, u = self._encode_padded(xp, in_place=True)
         logits = self.head(u) if self.head is not None else None  # before the decoder reuses ``u``
         if self.config.encoder != "residual":
             u = u.clone()  # ``u`` is also the deepest skip
         y = self._decode_image(skips, u, xp, self.gate_tensor(), consume=True)
+        return ModelOutput(self.crop_output(y, size), logits)
+
+    def _forward_level0_in_bands(self, xp: torch.Tensor, size: tuple[int, int]) -> ModelOutput:
+        """:meth:`_forward_lean` with level 0 in bands of rows (``models/addunet_bands.py``): of
+        the full-resolution maps only the skip exists whole. The same values bit for bit."""
+        alphas = self.gate_tensor()
+        skip, x = addunet_bands.encode_level0(self, xp, BAND_ROWS)
+        skips, u = self._encode_levels(x, [skip], 1, in_place=True)
+        del skip, x
+        logits = self.head(u) if self.head is not None else None  # before the decoder reuses ``u``
+        u = self._decode_levels(skips, u, alphas, True, 1)
+        skip = skips.pop()
+        addunet_bands.add_upsampled(self, u, skip, alphas[0], BAND_ROWS)
+        del u
+        y = addunet_bands.finish_level0(self, skip, xp, BAND_ROWS)
         return ModelOutput(self.crop_output(y, size), logits)

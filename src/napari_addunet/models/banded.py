@@ -61,8 +61,11 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _rows(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Rows ``lo:hi`` of ``x`` (N, C, H, W), with zero rows where they fall outside it."""
+def rows_of(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows ``lo:hi`` of ``x`` (N, C, H, W), with zero rows where they fall outside it.
+
+    A view of ``x`` when the rows lie inside it: callers must not write into the result.
+    """
     h = x.shape[-2]
     if lo >= 0 and hi <= h:
         return x[:, :, lo:hi]
@@ -72,6 +75,55 @@ def _rows(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     a, b = max(lo, 0), min(hi, h)
     out[:, :, a - lo : b - lo].copy_(x[:, :, a:b])
     return out
+
+
+def apply_to_band(
+    layers: Sequence[nn.Module], t: torch.Tensor, lo: int, hi: int, height: int
+) -> tuple[torch.Tensor, int, int]:
+    """Run a bandable chain on a band; return its output and the image rows it holds.
+
+    Parameters
+    ----------
+    layers
+        A chain that :func:`band_halo` accepts.
+    t
+        The band: image rows ``lo`` to ``hi`` (end excluded) of a map ``height`` rows tall,
+        zero where they fall outside it. Only written if the chain's first layer is not a
+        convolution, which :func:`band_halo` refuses.
+    lo, hi, height
+        As above.
+
+    Returns
+    -------
+    tuple
+        The output band and its rows ``(lo + halo, hi - halo)``: every convolution drops its
+        row padding on each side.
+    """
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            if i:  # the full pass reads zeros outside the image, not what was computed there
+                zero_outside(t, lo, hi, height)
+            pad = layer.padding[0]
+            t = F.conv2d(t, layer.weight, layer.bias, 1, (0, layer.padding[1]), layer.dilation, layer.groups)
+            lo, hi = lo + pad, hi - pad
+        else:
+            t = layer(t)
+    return t, lo, hi
+
+
+def zero_outside(t: torch.Tensor, lo: int, hi: int, height: int) -> torch.Tensor:
+    """Zero the rows of band ``t`` (image rows ``lo:hi``) that lie outside ``0:height``; in place."""
+    if lo < 0:
+        t[:, :, :-lo].zero_()
+    if hi > height:
+        t[:, :, height - lo :].zero_()
+    return t
+
+
+def empty_map(like: torch.Tensor, channels: int, height: int, width: int) -> torch.Tensor:
+    """An uninitialised (N, ``channels``, ``height``, ``width``) map in the layout of ``like``."""
+    shape = (like.shape[0], channels, height, width)
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=_layout(like))
 
 
 def run_in_bands(layers: Sequence[nn.Module], x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -96,29 +148,13 @@ def run_in_bands(layers: Sequence[nn.Module], x: torch.Tensor, rows: int) -> tor
         raise ValueError("this chain of layers cannot be computed in bands of rows")
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     out: torch.Tensor | None = None
     for top in range(0, h, rows):
         bottom = min(h, top + rows)
-        lo, hi = top - halo, bottom + halo  # image rows held by ``t``
-        t = _rows(x, lo, hi)
-        for i, layer in enumerate(layers):
-            if isinstance(layer, nn.Conv2d):
-                if i:  # the full pass reads zeros outside the image, not what was computed there
-                    if lo < 0:
-                        t[:, :, :-lo].zero_()
-                    if hi > h:
-                        t[:, :, h - lo :].zero_()
-                pad = layer.padding[0]
-                t = F.conv2d(
-                    t, layer.weight, layer.bias, 1, (0, layer.padding[1]), layer.dilation, layer.groups
-                )
-                lo, hi = lo + pad, hi - pad
-            else:
-                t = layer(t)
+        t, _, _ = apply_to_band(layers, rows_of(x, top - halo, bottom + halo), top - halo, bottom + halo, h)
         if out is None:
-            shape = (n, t.shape[1], h, w)
-            out = torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=_layout(x))
+            out = empty_map(x, t.shape[1], h, w)
         out[:, :, top:bottom].copy_(t)
     assert out is not None
     return out
