@@ -349,6 +349,31 @@ def test_dncnn_output_is_input_minus_residual() -> None:
     assert operator.sub in traced_functions(model)
 
 
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dncnn_runs_tall_inputs_in_bands_with_the_same_values(residual: bool, channels_last: bool) -> None:
+    from napari_addunet.models.dncnn import BAND_ROWS
+
+    torch.manual_seed(0)
+    model = create_model("dncnn", depth=6, width=8, residual=residual).eval()
+    for m in model.modules():  # batch norm statistics that are not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 1, 2 * BAND_ROWS + 37, 21)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    reference = model(x).denoised.detach()  # gradients on: the whole-map pass
+    calls = []
+    hook = model.middle[0][0].register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        banded = model(x).denoised
+    hook.remove()
+    assert not calls  # the banded pass calls the convolutions functionally, not the modules
+    assert torch.equal(banded, reference)
+
+
 def test_dncnn_head_reads_last_hidden_features() -> None:
     model = create_model("dncnn", depth=4, width=8, num_classes=3)
     assert model.head.mlp[1].in_features == 8

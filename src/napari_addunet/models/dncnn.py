@@ -15,10 +15,16 @@ import torch
 from torch import nn
 
 from ._checks import check_same_channels
+from .banded import band_halo, run_in_bands
 from .base import DenoiserModel
 from .blocks import ConvAct, conv
 from .config import ModelConfig, setting
+from .outputs import ModelOutput
 from .registry import register_model
+
+#: Output rows per band of the no-gradient pass (the fastest of 32, 48, 64 and 96 measured on
+#: a 2-core CPU at 512 and 1024 px, 1 thread: 0.68-0.73x the time of the whole-map pass).
+BAND_ROWS = 96
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +76,26 @@ class DnCNN(DenoiserModel):
         """The network's raw output ``net(x)`` and the last hidden features."""
         h = self.middle(self.first(x))
         return self.last(h), h
+
+    def _chain(self) -> list[nn.Module]:
+        return [*self.first, *(layer for block in self.middle for layer in block), self.last]
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        """Without gradients and without a head, tall inputs run in bands of :data:`BAND_ROWS` rows.
+
+        Every band reads the rows of context its convolutions need (``models/banded.py``), so
+        the values are those of the whole-map pass; the working set of a band stays in the
+        CPU's caches and no whole hidden map is ever held.
+        """
+        if torch.is_grad_enabled() or self.head is not None or x.ndim != 4 or x.shape[-2] <= 2 * BAND_ROWS:
+            return super().forward(x)
+        chain = self._chain()
+        if band_halo(chain) is None:  # e.g. batch norm in training mode
+            return super().forward(x)
+        self.check_input(x)
+        xp, size = self.pad_input(x)
+        r = run_in_bands(chain, xp, BAND_ROWS)
+        return ModelOutput(self.crop_output(xp - r if self.config.residual else r, size), None)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r, h = self.predict_residual(x)
