@@ -15,6 +15,12 @@ def macs_per_pixel(model: nn.Module, size: int = 128) -> float:
         A model taking ``(1, in_channels, size, size)``.
     size
         Side of the square test input (rounded up to the model's ``size_multiple``).
+
+    Notes
+    -----
+    Counts the architecture's layers on a whole-map pass (run with gradients on, as a
+    no-gradient pass may compute large maps in bands of rows without calling the layer
+    modules); banded inference recomputes a few rows of context per band on top of this.
     """
     multiple = getattr(model, "size_multiple", 1)
     size += (-size) % multiple
@@ -41,7 +47,7 @@ def macs_per_pixel(model: nn.Module, size: int = 128) -> float:
         in_ch = model.in_channels if hasattr(model, "in_channels") else 1
         was_training = model.training
         model.eval()
-        with torch.no_grad():
+        with torch.enable_grad():  # the whole-map pass, which calls every layer module
             model(torch.zeros(1, in_ch, size, size))
         model.train(was_training)
     finally:

@@ -370,7 +370,10 @@ def _probe_bytes_per_pixel(model: torch.nn.Module, probe: int, live: bool) -> fl
             tracker = _live_bytes_tracker(owned)
             if tracker is None:  # pragma: no cover - torch without dispatch modes
                 return bound_bytes_per_pixel(model, probe)
-        with torch.no_grad(), tracker if tracker is not None else contextlib.nullcontext():
+        # The bound counts every layer module's output: a whole-map pass (gradients on), as a
+        # no-gradient pass may run in bands without calling the modules.
+        grad = torch.no_grad() if live else torch.enable_grad()
+        with grad, tracker if tracker is not None else contextlib.nullcontext():
             model(x)
     except Exception:  # noqa: BLE001 - exotic models: the full-resolution bound
         return full_resolution

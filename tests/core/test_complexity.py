@@ -1,0 +1,34 @@
+"""Multiply-accumulates per pixel, counted on the real layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import napari_addunet as na
+from napari_addunet.engine.complexity import macs_per_pixel
+
+
+def test_one_convolution_counts_its_kernel():
+    model = nn.Conv2d(3, 5, 3, padding=1)
+    model.in_channels = 3
+    assert macs_per_pixel(model, size=16) == 3 * 5 * 9
+
+
+@pytest.mark.parametrize("size", [64, 512])  # 512: tall enough for the banded no-gradient pass
+def test_dncnn_matches_the_hand_count(size):
+    first, middle, last = 1 * 64 * 9, 15 * 64 * 64 * 9, 64 * 1 * 9
+    assert macs_per_pixel(na.create_model("dncnn"), size=size) == first + middle + last
+
+
+def test_addunet_count_does_not_depend_on_banding():
+    """A multi-scale Real AddUNet runs level 0 in bands without calling its layer modules;
+    the count must still see every layer, at any size."""
+    torch.manual_seed(0)
+    model = na.create_model("addunet", width=8, kernels=(3, 3, 3), multiscale=True, convs_per_level=2)
+    small, large = macs_per_pixel(model, size=32), macs_per_pixel(model, size=256)
+    c = 8
+    level0 = 1 * c * 9 + 4 * c * c * 9 + c * 1  # stem, 2 encoder + 2 decoder convs, output
+    assert small == large
+    assert small > level0
