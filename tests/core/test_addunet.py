@@ -268,3 +268,18 @@ def test_level0_in_bands_only_where_it_applies():
     assert not level0_in_bands(ms, 2 * BAND_ROWS, BAND_ROWS)  # short maps: one pass is as lean
     assert not level0_in_bands(make(encoder="plain", multiscale=True), 4 * BAND_ROWS, BAND_ROWS)
     assert not level0_in_bands(make(encoder="residual"), 4 * BAND_ROWS, BAND_ROWS)  # one resolution
+
+
+def test_bands_run_on_the_cpu_only():
+    """Bands were measured on CPUs; other devices run whole maps (checked on the meta device,
+    which computes shapes only): the whole-map pass calls the layer modules, bands do not."""
+    from napari_addunet.models.addunet import BAND_ROWS
+
+    model = make(encoder="residual", multiscale=True, kernels=(3, 3, 3), convs_per_level=2)
+    calls = []
+    model.encoders[0][0][0].register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        model(torch.rand(1, 1, 4 * BAND_ROWS, 16))
+        assert not calls
+        model.to("meta")(torch.empty(1, 1, 4 * BAND_ROWS, 16, device="meta"))
+    assert calls

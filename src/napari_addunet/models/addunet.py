@@ -106,7 +106,8 @@ def _inverse_softplus(alpha: float) -> float:
     return math.log(math.expm1(alpha))
 
 
-#: Output rows per band when an encoder branch runs in bands (no gradients, residual encoder).
+#: Output rows per band of the no-gradient pass on the CPU (``models/banded.py``), where bands
+#: were measured to save memory and time; GPUs run whole maps (not measured there).
 BAND_ROWS = 32
 
 
@@ -227,7 +228,12 @@ class AddUNet(DenoiserModel):
         at once (input, hidden, output); in bands it holds two and a few bands of rows.
         """
         layers = _leaves(enc)
-        if x.shape[-2] <= 2 * BAND_ROWS or len(layers) < 2 or band_halo(layers) is None:
+        if (
+            x.device.type != "cpu"
+            or x.shape[-2] <= 2 * BAND_ROWS
+            or len(layers) < 2
+            or band_halo(layers) is None
+        ):
             return enc(x)
         return run_in_bands(layers, x, BAND_ROWS)
 
@@ -329,7 +335,7 @@ class AddUNet(DenoiserModel):
         """
         self.check_input(x)
         xp, size = self.pad_input(x)
-        if addunet_bands.level0_in_bands(self, xp.shape[-2], BAND_ROWS):
+        if xp.device.type == "cpu" and addunet_bands.level0_in_bands(self, xp.shape[-2], BAND_ROWS):
             return self._forward_level0_in_bands(xp, size)
         skips, u = self._encode_padded(xp, in_place=True)
         logits = self.head(u) if self.head is not None else None  # before the decoder reuses ``u``

@@ -81,13 +81,15 @@ class DnCNN(DenoiserModel):
         return [*self.first, *(layer for block in self.middle for layer in block), self.last]
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        """Without gradients and without a head, tall inputs run in bands of :data:`BAND_ROWS` rows.
+        """Without gradients and without a head, tall inputs on the CPU run in bands of
+        :data:`BAND_ROWS` rows (GPUs run whole maps: bands were measured on CPUs only).
 
         Every band reads the rows of context its convolutions need (``models/banded.py``), so
         the values are those of the whole-map pass; the working set of a band stays in the
         CPU's caches and no whole hidden map is ever held.
         """
-        if torch.is_grad_enabled() or self.head is not None or x.ndim != 4 or x.shape[-2] <= 2 * BAND_ROWS:
+        tall = x.ndim == 4 and x.shape[-2] > 2 * BAND_ROWS
+        if torch.is_grad_enabled() or self.head is not None or x.device.type != "cpu" or not tall:
             return super().forward(x)
         chain = self._chain()
         if band_halo(chain) is None:  # e.g. batch norm in training mode
