@@ -110,8 +110,11 @@ def test_inference_without_gradients_holds_fewer_feature_maps():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_banded_branches_give_the_same_values_bit_for_bit(variant, channels_last):
-    """Tall inputs run the residual branches in bands of rows (odd sizes: a short last band)."""
+def test_banded_branches_give_the_same_values(variant, channels_last):
+    """Tall inputs run the residual branches in bands of rows (odd sizes: a short last band).
+
+    Within float rounding: a convolution may sum in another order on a band than on the whole
+    map (differences of about 1e-7 seen)."""
     from napari_addunet.models.addunet import BAND_ROWS
 
     model = make(**variant, convs_per_level=2, num_classes=3)
@@ -122,8 +125,8 @@ def test_banded_branches_give_the_same_values_bit_for_bit(variant, channels_last
     reference = model(x)
     with torch.no_grad():
         lean = model(x)
-    assert torch.equal(lean.denoised, reference.denoised.detach())
-    assert torch.equal(lean.logits, reference.logits.detach())
+    torch.testing.assert_close(lean.denoised, reference.denoised.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(lean.logits, reference.logits.detach(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -234,7 +237,7 @@ def test_config_errors_are_specific():
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_level0_in_bands_gives_the_same_values_bit_for_bit(settings, channels_last):
+def test_level0_in_bands_gives_the_same_values(settings, channels_last):
     """Multi-scale Real AddUNets run their whole level 0 in bands of rows on tall inputs."""
     from napari_addunet.models.addunet import BAND_ROWS
     from napari_addunet.models.addunet_bands import level0_in_bands
@@ -254,7 +257,7 @@ def test_level0_in_bands_gives_the_same_values_bit_for_bit(settings, channels_la
     reference = model(x).denoised.detach()
     with torch.no_grad():
         lean = model(x).denoised
-    assert torch.equal(lean, reference)
+    torch.testing.assert_close(lean, reference, rtol=0, atol=1e-6)
     if settings.get("batch_norm"):  # training mode: batch statistics would depend on the band
         assert not level0_in_bands(model.train(), 10 * BAND_ROWS, BAND_ROWS)
 

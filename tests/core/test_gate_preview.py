@@ -61,6 +61,35 @@ def test_partial_decoding_equals_the_model(settings):
     assert timing.levels == 0 and timing.seconds == 0.0
 
 
+@pytest.mark.parametrize(
+    "settings", [{"multiscale": True, "convs_per_level": 2}, {}], ids=["multiscale", "one-scale"]
+)
+def test_tall_slices_decode_level_0_in_bands_with_the_same_values(settings, monkeypatch):
+    """Above two bands of rows, level 0 of the preview's decoder runs band by band: the same
+    values as the preview's whole-map decoding, and close to the model's own."""
+    from napari_addunet.engine import gate_preview
+    from napari_addunet.models.addunet import BAND_ROWS
+
+    torch.manual_seed(2)
+    model = create_model("addunet", width=4, kernels=(5, 3, 3), **settings).eval()
+    planes = _planes(n=1, size=3 * BAND_ROWS + 5)
+    banded, whole = GatePreview(model), GatePreview(model)
+    banded.encode(planes, key="tall")
+    whole.encode(planes, key="tall")
+    calls = []
+    model.decoders[0][0][0].register_forward_hook(lambda *a: calls.append(1))
+    for gates in ([0.4, 1.3, 0.8], [0.0, 1.3, 0.8], [2.0, 0.1, 0.8]):
+        out, _ = banded.render(gates)
+        assert not calls  # banded: the level-0 modules are not called
+        with monkeypatch.context() as m:
+            m.setattr(gate_preview, "BAND_ROWS", 1 << 30)
+            expected, _ = whole.render(gates)
+        assert calls
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out, _reference(model, planes, gates), rtol=1e-5, atol=1e-6)
+        calls.clear()
+
+
 def test_encoder_runs_once_per_key(model):
     cache = GatePreview(model)
     planes = _planes()

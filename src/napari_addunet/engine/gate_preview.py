@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_addunet.models import DenoiserModel
+from napari_addunet.models import DenoiserModel, addunet_bands
+from napari_addunet.models.addunet import BAND_ROWS
 
 from .axes import PlaneLayout, plane_layout, resolve_axes
 from .devices import use_fast_layout
@@ -194,14 +195,18 @@ class GatePreview:
             self._levels = [None] * depth  # type: ignore[list-item]
             start = depth - 1
         u = f.bottleneck if start == depth - 1 else self._levels[start + 1]
-        for j in range(start, -1, -1):
+        for j in range(start, 0, -1):
             u = m.decode_level(j, u, f.skips[j], alphas[j])
-            if cfg.multiscale and j > 0:
+            if cfg.multiscale:
                 u = m.ups[j - 1](u)
-            self._levels[j] = u
-        y = m.out(u)
-        if cfg.global_residual:
-            y = y + f.input
+            self._levels[j] = u  # level j - 1's input
+        if u.device.type == "cpu" and addunet_bands.decoder_level0_in_bands(m, u.shape[-2], BAND_ROWS):
+            # level 0 band by band: the same values, in a working set that stays in cache
+            y = addunet_bands.decode_level0_from(m, u, f.skips[0], alphas[0], f.input, BAND_ROWS)
+        else:
+            y = m.out(m.decode_level(0, u, f.skips[0], alphas[0]))
+            if cfg.global_residual:
+                y = y + f.input
         return m.crop_output(y, f.size), start + 1
 
     def forward_seconds(self, planes: np.ndarray, gates: Sequence[float] | None = None) -> float:

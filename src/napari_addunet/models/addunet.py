@@ -324,7 +324,8 @@ class AddUNet(DenoiserModel):
         return self._forward_lean(x)
 
     def _forward_lean(self, x: torch.Tensor) -> ModelOutput:
-        """Inference without gradients, with the same result as ``decode(encode(x))`` bit for bit.
+        """Inference without gradients: the result of ``decode(encode(x))``, bit for bit on
+        inputs up to two bands tall and within float rounding when bands run (``models/banded.py``).
 
         No tensor here is shared with a caller or kept for a backward pass, so the encoder
         subtracts in place, each residual branch runs in bands of rows, each skip is released
@@ -346,7 +347,7 @@ class AddUNet(DenoiserModel):
 
     def _forward_level0_in_bands(self, xp: torch.Tensor, size: tuple[int, int]) -> ModelOutput:
         """:meth:`_forward_lean` with level 0 in bands of rows (``models/addunet_bands.py``): of
-        the full-resolution maps only the skip exists whole. The same values bit for bit."""
+        the full-resolution maps only the skip exists whole. The same values (see ``models/banded.py``)."""
         alphas = self.gate_tensor()
         skip, x = addunet_bands.encode_level0(self, xp, BAND_ROWS)
         skips, u = self._encode_levels(x, [skip], 1, in_place=True)

@@ -119,3 +119,42 @@ def finish_level0(model: AddUNet, v: torch.Tensor, xp: torch.Tensor, rows: int) 
         y[:, :, top:bottom].copy_(t)
     assert y is not None
     return y
+
+
+def decoder_level0_in_bands(model: AddUNet, height: int, rows: int) -> bool:
+    """Whether :func:`decode_level0_from` applies: level 0's decoder and the output convolution
+    form a bandable chain and the map is taller than two bands."""
+    if height <= 2 * rows:
+        return False
+    return band_halo([*_leaves(model.decoders[0]), model.out]) is not None
+
+
+def decode_level0_from(
+    model: AddUNet, u: torch.Tensor, skip: torch.Tensor, alpha: float, xp: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """``out(dec_0(u + alpha * skip))`` plus the global residual, band by band; reads only.
+
+    For the gate preview, whose cached maps ``u`` (level 0's input) and ``skip`` are decoded
+    again and again: each band of ``alpha * skip + u`` (the sum in the order the whole-map
+    pass adds it) exists only while its rows are computed.
+    """
+    h, w = skip.shape[-2:]
+    chain: Sequence[nn.Module] = [*_leaves(model.decoders[0]), model.out]
+    halo = band_halo(chain)
+    assert halo is not None
+    y = None
+    for top in range(0, h, rows):
+        bottom = min(h, top + rows)
+        lo, hi = top - halo, bottom + halo
+        a, b = max(lo, 0), min(hi, h)
+        v = alpha * skip[:, :, a:b]
+        v.add_(u[:, :, a:b])
+        t = rows_of(v, lo - a, hi - a)  # zero rows outside the image
+        t, _, _ = apply_to_band(chain, t, lo, hi, h)
+        if model.config.global_residual:
+            t = t + xp[:, :, top:bottom]
+        if y is None:
+            y = empty_map(xp, t.shape[1], h, w)
+        y[:, :, top:bottom].copy_(t)
+    assert y is not None
+    return y

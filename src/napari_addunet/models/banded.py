@@ -6,7 +6,9 @@ a few bands of hidden rows instead of whole hidden maps. Each band reads ``halo`
 context on either side (the sum of the convolutions' row paddings). Inside a band every
 convolution computes only the rows the next layer reads (no padding along rows), and rows
 outside the image are zeroed before each convolution, exactly where the full pass pads with
-zeros, so the values match the full pass.
+zeros, so the values match the full pass within float rounding: a convolution may sum in
+another order on a band than on the whole map (the bundled denoiser: max difference 0 at
+1024 x 768 and 3e-7 at 300 x 200 on [0, 1] data).
 """
 
 from __future__ import annotations
