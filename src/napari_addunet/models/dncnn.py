@@ -22,8 +22,9 @@ from .config import ModelConfig, setting
 from .outputs import ModelOutput
 from .registry import register_model
 
-#: Output rows per band of the no-gradient pass (the fastest of 32, 48, 64 and 96 measured on
-#: a 2-core CPU at 512 and 1024 px, 1 thread: 0.68-0.73x the time of the whole-map pass).
+#: Output rows per band of the no-gradient pass on the CPU: the fastest of 32, 48, 64 and 96
+#: rows in one side-by-side run at 512 and 1024 px (1 thread). With it, a 1024 x 1024 pass took
+#: 0.65x the CPU time of the whole-map pass (``benchmarks/activation_memory.py``).
 BAND_ROWS = 96
 
 
