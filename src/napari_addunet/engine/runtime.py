@@ -13,6 +13,7 @@ import torch
 
 from .axes import PlaneLayout
 from .ensemble import ensemble_mean
+from .mapped import release_mapped_pages
 from .normalization import Normalizer, fill_nonfinite, group_of, work_dtype
 from .tiling import PlaneDone, Replanned, TiledRunner, TilesDone
 
@@ -224,7 +225,8 @@ def plane_loop(
     """Denoise every plane of ``data`` into ``out``, yielding runner events and finished planes.
 
     Planes are read one at a time (``np.asarray(data[index])``), so memory-mapped, zarr and
-    dask inputs are never loaded whole.
+    dask inputs are never loaded whole; once a plane of a read-only memory map is copied, its
+    pages are given back (``engine/mapped.py``), so they do not pile up in the resident set.
     """
     positions = list(layout.plane_positions())
     wide = work_dtype(np.dtype(data.dtype)) is np.float64
@@ -233,13 +235,18 @@ def plane_loop(
 
     def source() -> Generator[tuple[int, np.ndarray], None, None]:
         for k, pos in enumerate(positions):
-            plane = layout.to_plane(np.asarray(data[layout.index(pos)]), pos)
+            raw = np.asarray(data[layout.index(pos)])
+            plane = layout.to_plane(raw, pos)
             g = group_of(layout, pos)
             if fill:
                 plane, mask = fill_nonfinite(plane, normalizer.fill[g])
                 if mask is not None and settings.nan_policy == "mask":
                     masks[k] = mask
-            yield k, np.ascontiguousarray(normalizer.forward(plane, g))
+            work = np.ascontiguousarray(normalizer.forward(plane, g))
+            del plane
+            release_mapped_pages(raw)  # the copy above is what the model reads
+            del raw
+            yield k, work
 
     model, device = settings.prepared_model()
     for event in runner.run(source()):

@@ -1,0 +1,81 @@
+"""Pages of read-only memory-mapped inputs are given back once read; nothing else is touched."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import napari_addunet as na
+from napari_addunet.engine import runtime
+from napari_addunet.engine.mapped import release_mapped_pages
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+
+
+def rss_file_kb() -> int:
+    """File-backed pages mapped into this process (kB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    raise RuntimeError("no RssFile")
+
+
+@pytest.fixture
+def stack_file(tmp_path):
+    path = tmp_path / "stack.raw"
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 60000, size=(16, 512, 512), dtype=np.uint16)  # 8 MB
+    data.tofile(path)
+    return path, data
+
+
+@linux_only
+def test_release_drops_the_pages_of_a_read_only_map_and_keeps_the_values(stack_file):
+    path, data = stack_file
+    mapped = np.memmap(path, dtype=np.uint16, mode="r", shape=data.shape)
+    before = rss_file_kb()
+    assert int(mapped.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # touches every page
+    touched = rss_file_kb() - before
+    assert touched > 6000  # about the 8 MB of the file
+    released = sum(release_mapped_pages(np.asarray(mapped[k])) for k in range(len(mapped)))
+    assert released >= data.nbytes
+    assert rss_file_kb() - before < touched / 4
+    np.testing.assert_array_equal(mapped, data)  # read again: the same values
+    assert path.read_bytes() == data.tobytes()
+
+
+def test_other_arrays_are_left_alone(stack_file, tmp_path):
+    path, data = stack_file
+    assert release_mapped_pages(data) == 0  # not mapped
+    assert release_mapped_pages(np.zeros((0, 3), np.uint16)) == 0
+    private = np.memmap(path, dtype=np.uint16, mode="c", shape=data.shape)
+    private[0, 0, 0] = 7  # a copy-on-write change, in this process only
+    assert release_mapped_pages(private[0]) == 0
+    assert private[0, 0, 0] == 7
+    writable = np.memmap(path, dtype=np.uint16, mode="r+", shape=data.shape)
+    assert release_mapped_pages(writable[1]) == 0
+    assert path.read_bytes() == data.tobytes()
+
+
+@linux_only
+def test_denoising_a_mapped_stack_does_not_keep_it_resident(stack_file, monkeypatch):
+    """Through the engine's plane loop: with the release, the stack's pages do not pile up;
+    without it (patched out), they do; the result is the same."""
+    path, data = stack_file
+    model = na.create_model("addunet", width=4, kernels=(3, 1))
+    na.denoise(model, data[:2].copy(), axes="ZYX", device="cpu")  # loads the libraries (file pages too)
+    results, growth = {}, {}
+    for release in (True, False):
+        if not release:
+            monkeypatch.setattr(runtime, "release_mapped_pages", lambda arr: 0)
+        mapped = np.memmap(path, dtype=np.uint16, mode="r", shape=data.shape)
+        before = rss_file_kb()
+        results[release] = na.denoise(model, mapped, axes="ZYX", device="cpu")
+        growth[release] = rss_file_kb() - before
+        del mapped
+    np.testing.assert_array_equal(results[True], results[False])
+    assert growth[False] > 4000, growth  # most of the 8 MB stayed mapped in
+    assert growth[True] < growth[False] / 3, growth
