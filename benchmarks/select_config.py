@@ -47,6 +47,11 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any], str]] = {
     "ms-real-c64": ("addunet", {**MS, "width": 64}, "AddUNet Real, multi-scale, C=64, 4 levels of 2 3x3"),
     "ms-real-c96": ("addunet", {**MS, "width": 96}, "AddUNet Real, multi-scale, C=96, 4 levels of 2 3x3"),
     "ms-real-c112": ("addunet", {**MS, "width": 112}, "AddUNet Real, multi-scale, C=112, 4 levels of 2 3x3"),
+    "ms-real-c96-deep4": (
+        "addunet",
+        {**MS, "width": 96, "level_convs": (2, 4, 4, 4)},
+        "AddUNet Real, multi-scale, C=96, 2-4-4-4 3x3 convolutions per level",
+    ),
     "ms-pseudo-c64": (
         "addunet",
         {**MS, "width": 64, "encoder": "plain"},

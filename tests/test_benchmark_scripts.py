@@ -435,6 +435,52 @@ def test_widen_addunet_keeps_the_function_and_records_the_step(tmp_path, multisc
     assert earlier_training(loaded.metadata)["transformed"]["to_width"] == 9
 
 
+@pytest.mark.parametrize("encoder", ["residual", "plain"])
+def test_deepen_addunet_keeps_the_function_and_records_the_step(tmp_path, encoder):
+    deep = _script("deepen_addunet", "scripts")
+    torch.manual_seed(0)
+    model = na.create_model(
+        "addunet", width=6, kernels=(3, 3, 3), convs_per_level=2, multiscale=True, encoder=encoder
+    )
+    model.set_gates([0.3, 1.2, 0.8])
+    model.eval()
+    x = torch.rand(2, 1, 40, 36)
+    deeper = deep.deepen_addunet(model, (2, 4, 3))
+    assert deeper.config.convs == (2, 4, 3) and deeper.gates == pytest.approx(model.gates)
+    assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        before, after = model(x).denoised, deeper(x).denoised
+        noisy = deep.deepen_addunet(model, (2, 4, 3), noise=1e-1)(x).denoised
+    assert (after - before).abs().max() < 1e-5
+    assert 1e-5 < (noisy - before).abs().max() < 0.5  # moved off the identity, function nearly kept
+    with pytest.raises(ValueError, match="shallower"):
+        deep.deepen_addunet(model, (1, 2, 2))
+    with pytest.raises(ValueError, match="has 3 levels, got 2"):
+        deep.deepen_addunet(model, (2, 4))
+    with pytest.raises(ValueError, match="only AddUNet"):
+        deep.deepen_addunet(na.create_model("dncnn", depth=3, width=4), (2,))
+    single = na.create_model("addunet", width=4, kernels=(3, 3), encoder="residual")
+    with pytest.raises(ValueError, match="without a ReLU"):  # a one-convolution residual branch
+        deep.deepen_addunet(single, (2, 2))
+
+    source = tmp_path / "in.safetensors"
+    na.save_model(model, source, training={"command": "python train.py", "steps": 10})
+    dest = tmp_path / "out.safetensors"
+    assert deep.main([str(source), str(dest), "--level-convs", "3,2,4", "--noise", "0"]) == 0
+    loaded = na.load_model(dest)
+    assert loaded.config.convs == (3, 2, 4)
+    training = loaded.metadata["training"]
+    assert training["command"] == "python train.py" and training["steps"] == 10
+    assert training["transformed"]["from_level_convs"] == [2, 2, 2]
+    assert training["transformed"]["to_level_convs"] == [3, 2, 4]
+    with torch.no_grad():
+        assert (loaded(x).denoised - before).abs().max() < 1e-5
+    untouched = dest.read_bytes()
+    with pytest.raises(Exception, match="exists"):  # never replaces a file
+        deep.main([str(source), str(dest), "--level-convs", "3,3,4"])
+    assert dest.read_bytes() == untouched
+
+
 def test_widen_addunet_refuses_what_it_cannot_widen(tmp_path, capsys):
     wid = _script("widen_addunet", "scripts")
     with pytest.raises(ValueError, match="batch normalisation"):

@@ -228,12 +228,33 @@ def test_config_errors_are_specific():
     assert na.create_model("addunet", in_channels=3, out_channels=1, global_residual=False).out_channels == 1
 
 
+def test_level_convs_set_the_convolutions_of_each_level():
+    model = make(kernels=(5, 3, 3), level_convs=(1, 3, 2), encoder="residual")
+    assert model.config.convs == (1, 3, 2)
+    assert [len(e) for e in model.encoders] == [1, 3, 2]
+    assert [len(d) for d in model.decoders] == [1, 3, 2]
+    # the residual branch ends with a linear convolution, the decoder with a ReLU
+    assert isinstance(model.encoders[1][-1], torch.nn.Conv2d)
+    assert isinstance(model.decoders[1][-1][-1], torch.nn.ReLU)
+    assert make(kernels=(3, 3), convs_per_level=2).config.convs == (2, 2)
+    with pytest.raises(
+        ConfigError, match=r"level_convs needs one count per level \(3, as in kernels\), got 2"
+    ):
+        na.create_model("addunet", kernels=(5, 3, 3), level_convs=(1, 2))
+    with pytest.raises(ConfigError, match="level_convs items must be >= 1"):
+        na.create_model("addunet", kernels=(5, 3), level_convs=(1, 0))
+    # the setting round-trips through a checkpoint
+    again = na.create_model("addunet", **model.config.to_dict())
+    assert again.config.level_convs == (1, 3, 2)
+
+
 @pytest.mark.parametrize(
     "settings",
     [
         {"convs_per_level": 2, "batch_norm": True},
         {"convs_per_level": 1, "kernels": (5, 3), "global_residual": False},
         {"convs_per_level": 3, "kernels": (3, 9, 3), "width": 5},
+        {"level_convs": (2, 4, 3), "kernels": (3, 3, 3), "width": 6},
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True])

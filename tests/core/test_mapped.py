@@ -1,14 +1,15 @@
-"""Pages of read-only memory-mapped inputs are given back once read; nothing else is touched."""
+"""Pages of shared memory-mapped inputs are given back once read; nothing else is touched."""
 
 from __future__ import annotations
 
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
 
 import napari_addunet as na
-from napari_addunet.engine import runtime
+from napari_addunet.engine import normalization, runtime
 from napari_addunet.engine.mapped import release_mapped_pages
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -55,9 +56,29 @@ def test_other_arrays_are_left_alone(stack_file, tmp_path):
     private[0, 0, 0] = 7  # a copy-on-write change, in this process only
     assert release_mapped_pages(private[0]) == 0
     assert private[0, 0, 0] == 7
-    writable = np.memmap(path, dtype=np.uint16, mode="r+", shape=data.shape)
-    assert release_mapped_pages(writable[1]) == 0
     assert path.read_bytes() == data.tobytes()
+
+
+@linux_only
+def test_a_writable_shared_map_keeps_what_was_written(stack_file):
+    """Shared maps (``r+``, the default of ``tifffile.memmap``) are released too: a value
+    written through the map and not yet flushed survives, in the map and in the file."""
+    path, data = stack_file
+    writable = np.memmap(path, dtype=np.uint16, mode="r+", shape=data.shape)
+    writable[1, 5, 7] = 12345
+    before = rss_file_kb()
+    assert int(writable.sum(dtype=np.int64)) > 0  # touches every page
+    touched = rss_file_kb() - before
+    assert release_mapped_pages(writable[1]) >= data[1].nbytes
+    assert sum(release_mapped_pages(np.asarray(writable[k])) for k in range(len(data))) >= data.nbytes
+    assert rss_file_kb() - before < touched / 4 + 1000
+    assert writable[1, 5, 7] == 12345
+    expected = data.copy()
+    expected[1, 5, 7] = 12345
+    np.testing.assert_array_equal(writable, expected)
+    writable.flush()
+    del writable
+    assert path.read_bytes() == expected.tobytes()
 
 
 @linux_only
@@ -71,6 +92,7 @@ def test_denoising_a_mapped_stack_does_not_keep_it_resident(stack_file, monkeypa
     for release in (True, False):
         if not release:
             monkeypatch.setattr(runtime, "release_mapped_pages", lambda arr: 0)
+            monkeypatch.setattr(normalization, "release_mapped_pages", lambda arr: 0)
         mapped = np.memmap(path, dtype=np.uint16, mode="r", shape=data.shape)
         before = rss_file_kb()
         results[release] = na.denoise(model, mapped, axes="ZYX", device="cpu")
@@ -79,3 +101,38 @@ def test_denoising_a_mapped_stack_does_not_keep_it_resident(stack_file, monkeypa
     np.testing.assert_array_equal(results[True], results[False])
     assert growth[False] > 4000, growth  # most of the 8 MB stayed mapped in
     assert growth[True] < growth[False] / 3, growth
+
+
+@linux_only
+def test_a_lazy_run_over_a_tiff_memory_map_reads_it_plane_by_plane(tmp_path, monkeypatch):
+    """``denoise(tifffile.memmap(...), lazy=True)``: the stack is neither copied into memory
+    when the lazy result is built (as ``dask.array.from_array`` would do with the map itself)
+    nor left mapped in once computed, and the file is unchanged."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("dask.array")
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 60000, size=(64, 512, 512), dtype=np.uint16)  # 32 MB
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, data)
+    model = na.create_model("addunet", width=4, kernels=(3, 1))
+    na.denoise(model, data[:2].copy(), axes="ZYX", device="cpu", lazy=True).compute()  # loads libraries
+    results, growth = {}, {}
+    for release in (True, False):
+        if not release:
+            monkeypatch.setattr(runtime, "release_mapped_pages", lambda arr: 0)
+            monkeypatch.setattr(normalization, "release_mapped_pages", lambda arr: 0)
+        mapped = tifffile.memmap(path)
+        assert mapped.mode == "r+"  # tifffile's default: a writable shared map
+        before = rss_file_kb()
+        tracemalloc.start()  # numpy reports its buffers; "range" reads no intensity sample
+        lazy = na.denoise(model, mapped, axes="ZYX", device="cpu", lazy=True, normalization="range")
+        copied = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert copied < data.nbytes / 8, copied  # not copied whole (33,554,432 bytes)
+        results[release] = lazy.compute(scheduler="synchronous")
+        growth[release] = rss_file_kb() - before
+        del mapped, lazy
+    np.testing.assert_array_equal(results[True], results[False])
+    assert growth[False] > data.nbytes / 1024 / 2, growth  # most of the file stayed mapped in
+    assert growth[True] < growth[False] / 4, growth
+    assert tifffile.imread(path).tobytes() == data.tobytes()

@@ -30,7 +30,7 @@ from napari_addunet.models import DenoiserModel
 from .axes import plane_layout, resolve_axes
 from .devices import resolve_device, use_fast_layout
 from .ensemble import check_ensemble
-from .lazy import denoise_lazy, is_dask_array
+from .lazy import denoise_lazy, is_dask_array, lazy_source
 from .normalization import (
     NAN_POLICIES,
     NonFiniteError,
@@ -409,9 +409,7 @@ def iter_denoise(
     if lazy:
         source = data
         if not dask_input:
-            import dask.array as da
-
-            source = da.from_array(data, chunks=tuple(1 if a in "TZ" else -1 for a in ax))
+            source = lazy_source(data, tuple(1 if a in "TZ" else -1 for a in ax))
         result = denoise_lazy(source, layout, normalizer, settings)
         details["lazy"] = True
         yield Progress(1, 1, 0.0, "lazy result ready; it is computed block by block when read")

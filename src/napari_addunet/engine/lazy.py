@@ -32,6 +32,38 @@ def is_dask_array(data: Any) -> bool:
     return type(data).__module__.startswith("dask.") and hasattr(data, "dask") and hasattr(data, "chunks")
 
 
+class _Sliced:
+    """An array that ``dask.array.from_array`` reads by slicing, never copying it whole.
+
+    dask (since 2024.12) copies every array-like it is given, so ``da.from_array`` on a memory
+    map reads the whole file into memory at once. This wrapper has no ``copy`` and no array
+    protocol, so dask takes it as a sliceable source: each block is ``np.asarray(array[index])``,
+    a view of the map that the plane loop copies and then gives back (``engine/mapped.py``).
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self._array[index]
+
+
+def lazy_source(data: Any, chunks: tuple[int, ...]) -> Any:
+    """A dask array over a numpy array or memory map, read block by block (not copied whole)."""
+    import dask.array as da
+
+    source = _Sliced(data) if isinstance(data, np.ndarray) else data
+    return da.from_array(
+        source,
+        chunks=chunks,
+        name=f"addunet-input-{uuid.uuid4().hex}",
+        meta=np.empty((0,) * len(chunks), dtype=data.dtype),
+    )
+
+
 def _check_finite_block(block: np.ndarray, axes: str = "", block_info: Any = None) -> np.ndarray:
     count, first = nonfinite_in(block)
     if count:

@@ -1,11 +1,14 @@
-"""Give back the pages of a read-only memory-mapped input once a plane has been read.
+"""Give back the pages of a memory-mapped input once a plane has been read.
 
 A plane read through a memory map (``np.memmap``, ``tifffile.memmap``) stays in the process's
 resident set after it is used: over a long stack, the whole file ends up counted there. After
 the engine has copied a plane, it tells the kernel it no longer needs those pages
-(``madvise(MADV_DONTNEED)``). For a read-only shared file mapping this drops the pages from the
-process only: the file is not touched, and a later read of the same rows maps them again with
-the same content. Copy-on-write and writable maps are left alone.
+(``madvise(MADV_DONTNEED)``). For a shared file mapping (``np.memmap`` modes ``"r"``, ``"r+"``
+and ``"w+"``; ``tifffile.memmap`` opens ``"r+"`` by default) this drops the pages from the
+process only: the file and the system's page cache keep the data, including anything written
+through the map and not yet flushed, and a later read of the same rows maps the same, current
+content again. Copy-on-write maps (mode ``"c"``) are private: their changes live only in those
+pages, so they are left alone.
 """
 
 from __future__ import annotations
@@ -15,25 +18,29 @@ from typing import Any
 
 import numpy as np
 
+#: ``np.memmap`` modes that map the file shared (``MAP_SHARED``), where pages can be given back.
+SHARED_MODES = ("r", "r+", "w+")
 
-def _read_only_memmap(arr: Any) -> np.memmap | None:
-    """The read-only ``np.memmap`` whose buffer ``arr`` views, if any."""
+
+def _shared_memmap(arr: Any) -> np.memmap | None:
+    """The shared ``np.memmap`` whose buffer ``arr`` views, if any."""
     base = arr
     while base is not None:
         if isinstance(base, np.memmap):
-            ok = getattr(base, "mode", None) == "r" and isinstance(getattr(base, "_mmap", None), mmap.mmap)
+            mode = getattr(base, "mode", None)
+            ok = mode in SHARED_MODES and isinstance(getattr(base, "_mmap", None), mmap.mmap)
             return base if ok else None
         base = getattr(base, "base", None)
     return None
 
 
 def release_mapped_pages(arr: Any) -> int:
-    """Drop the pages of a read-only memory map that ``arr`` spans from this process.
+    """Drop the pages of a shared memory map that ``arr`` spans from this process.
 
     Parameters
     ----------
     arr
-        An array that may view a read-only ``np.memmap`` (directly or through views).
+        An array that may view a shared ``np.memmap`` (directly or through views).
 
     Returns
     -------
@@ -44,7 +51,7 @@ def release_mapped_pages(arr: Any) -> int:
     dont_need = getattr(mmap, "MADV_DONTNEED", None)
     if dont_need is None or not isinstance(arr, np.ndarray) or arr.size == 0:
         return 0
-    owner = _read_only_memmap(arr)
+    owner = _shared_memmap(arr)
     if owner is None:
         return 0
     mm = owner._mmap

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .axes import PlaneLayout
+from .mapped import release_mapped_pages
 
 DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 0.1, "high": 99.9}
 """Used when neither the caller nor the model's metadata says otherwise."""
@@ -238,10 +239,13 @@ def read_sample(data: Any, layout: PlaneLayout, budget: int = SAMPLE_SIZE) -> li
         pieces = list(dask.compute(*pieces))
     values = [np.asarray(p) for p in pieces]
     per = len(positions)
-    return [
+    samples = [
         np.concatenate([v.ravel().astype(np.float64, copy=False) for v in values[g * per : (g + 1) * per]])
         for g in range(groups)
     ]
+    for v in values:  # the samples are copies: a memory-mapped input's pages can go
+        release_mapped_pages(v)
+    return samples
 
 
 def _is_dask(data: Any) -> bool:
@@ -345,6 +349,7 @@ def scan_nonfinite(data: Any, layout: PlaneLayout) -> Iterator[tuple[int, int, t
     for done, pos in enumerate(_stack_positions(layout), start=1):
         block = np.asarray(data[tuple(pos.get(a, slice(None)) for a in axes)])
         c, f = nonfinite_in(block)
+        release_mapped_pages(block)  # read once here; the plane loop maps it again when needed
         if c and first is None:
             kept = iter(f)
             first = tuple(pos[a] if a in pos else next(kept) for a in axes)

@@ -225,7 +225,7 @@ def plane_loop(
     """Denoise every plane of ``data`` into ``out``, yielding runner events and finished planes.
 
     Planes are read one at a time (``np.asarray(data[index])``), so memory-mapped, zarr and
-    dask inputs are never loaded whole; once a plane of a read-only memory map is copied, its
+    dask inputs are never loaded whole; once a plane of a shared memory map is copied, its
     pages are given back (``engine/mapped.py``), so they do not pile up in the resident set.
     """
     positions = list(layout.plane_positions())

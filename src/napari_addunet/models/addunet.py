@@ -49,6 +49,14 @@ class AddUNetConfig(ModelConfig):
         "'plain': x_{i+1} = Enc_i(x_i), skips carry x_{i+1} (Pseudo AddUNet)",
     )
     convs_per_level: int = setting(1, ge=1, le=4, doc="convolutions per encoder and decoder level")
+    level_convs: tuple[int, ...] = setting(
+        (),
+        item_ge=1,
+        item_le=8,
+        max_len=8,
+        doc="convolutions per level, shallow to deep, overriding convs_per_level "
+        "(empty: convs_per_level at every level)",
+    )
     multiscale: bool = setting(
         False, doc="stride-2 down-sampling after each level and up-sampling back (extension)"
     )
@@ -63,10 +71,20 @@ class AddUNetConfig(ModelConfig):
                 f"(got in_channels={self.in_channels}, out_channels={self.output_channels}); "
                 "set global_residual=False"
             )
+        if self.level_convs and len(self.level_convs) != self.depth:
+            raise ConfigError(
+                f"addunet.level_convs needs one count per level ({self.depth}, as in kernels), "
+                f"got {len(self.level_convs)}: {self.level_convs}; leave it empty to use convs_per_level"
+            )
 
     @property
     def depth(self) -> int:
         return len(self.kernels)
+
+    @property
+    def convs(self) -> tuple[int, ...]:
+        """Convolutions of each level's encoder branch and decoder, shallow to deep."""
+        return self.level_convs or (self.convs_per_level,) * self.depth
 
 
 @dataclasses.dataclass
@@ -130,11 +148,10 @@ class AddUNet(DenoiserModel):
     def __init__(self, config: AddUNetConfig) -> None:
         super().__init__(config)
         c, bn = config.width, config.batch_norm
-        n = config.convs_per_level
         self.stem = ConvAct(config.in_channels, c, 3, bn)
         self.encoders = nn.ModuleList()
         self.decoders = nn.ModuleList()
-        for k in config.kernels:
+        for k, n in zip(config.kernels, config.convs, strict=True):
             if config.encoder == "residual":
                 # r_i may be signed: the last convolution of the branch is linear.
                 layers: list[nn.Module] = [ConvAct(c, c, k, bn) for _ in range(n - 1)]
