@@ -120,7 +120,8 @@ class ConfigForm(QWidget):
         edit = QLineEdit()
         if kind.startswith("tuple"):
             edit.setText(",".join(str(v) for v in default))
-            edit.setPlaceholderText("comma-separated, e.g. 9,7,5,3,1")
+            example = f", e.g. {','.join(str(v) for v in default)}" if default else " (empty: see the tooltip)"
+            edit.setPlaceholderText(f"comma-separated integers{example}")
         else:
             edit.setText(str(default))
         return edit
