@@ -120,7 +120,9 @@ class ConfigForm(QWidget):
         edit = QLineEdit()
         if kind.startswith("tuple"):
             edit.setText(",".join(str(v) for v in default))
-            example = f", e.g. {','.join(str(v) for v in default)}" if default else " (empty: see the tooltip)"
+            example = (
+                f", e.g. {','.join(str(v) for v in default)}" if default else " (empty: see the tooltip)"
+            )
             edit.setPlaceholderText(f"comma-separated integers{example}")
         else:
             edit.setText(str(default))
