@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import napari_addunet as na
+from napari_addunet.engine.training import record_transform
 
 
 def _first_relu_index(block: nn.Sequential) -> int | None:
@@ -84,18 +85,14 @@ def deepen_addunet(
             raise ValueError(f"cannot make level {level} shallower: {old} -> {new} convolutions")
     deep = na.create_model("addunet", **{**config.to_dict(), "level_convs": level_convs})
     generator = torch.Generator().manual_seed(seed)
-    levels = {f"{part}.{i}" for part in ("encoders", "decoders") for i in range(config.depth)}
+    levels = ("encoders.", "decoders.")  # filled block by block; the rest is copied as it is
     with torch.no_grad():
         for part in ("encoders", "decoders"):
             for old_block, new_block in zip(getattr(model, part), getattr(deep, part), strict=True):
                 _deepen_block(old_block, new_block, noise, generator)
-        rest = {
-            key: value
-            for key, value in model.state_dict().items()
-            if ".".join(key.split(".")[:2]) not in levels
-        }
+        rest = {key: value for key, value in model.state_dict().items() if not key.startswith(levels)}
         missing, unexpected = deep.load_state_dict(rest, strict=False)
-        left = [key for key in missing if ".".join(key.split(".")[:2]) not in levels]
+        left = [key for key in missing if not key.startswith(levels)]
         if left or unexpected:
             raise RuntimeError(f"parameters did not carry over: missing {left}, unexpected {unexpected}")
     deep.metadata = dict(model.metadata)
@@ -120,16 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         deep = deepen_addunet(model, counts, args.noise, args.seed)
     except ValueError as exc:
         ap.error(str(exc))
-    metadata = dict(deep.metadata)
-    training = dict(metadata.get("training") or {})
-    training["transformed"] = {
-        "command": f"python scripts/deepen_addunet.py {args.source.name} {args.dest.name} "
-        f"--level-convs {args.level_convs} --noise {args.noise} --seed {args.seed}",
-        "from_level_convs": list(before),
-        "to_level_convs": list(counts),
-        "earlier": training.get("transformed"),
-    }
-    metadata["training"] = training
+    metadata = record_transform(
+        deep.metadata,
+        {
+            "command": f"python scripts/deepen_addunet.py {args.source.name} {args.dest.name} "
+            f"--level-convs {args.level_convs} --noise {args.noise} --seed {args.seed}",
+            "from_level_convs": list(before),
+            "to_level_convs": list(counts),
+        },
+    )
     deep.metadata = {}
     na.save_model(deep, args.dest, overwrite=False, **metadata)
     print(f"wrote {args.dest}: convolutions per level {before} -> {counts}, noise {args.noise}")

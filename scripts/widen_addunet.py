@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import napari_addunet as na
+from napari_addunet.engine.training import record_transform
 
 
 def channel_map(old: int, new: int, generator: torch.Generator) -> torch.Tensor:
@@ -103,15 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         wide = widen_addunet(model, args.width, args.noise, args.seed)
     except ValueError as exc:
         ap.error(str(exc))
-    metadata = dict(wide.metadata)
-    training = dict(metadata.get("training") or {})
-    training["transformed"] = {
-        "command": f"python scripts/widen_addunet.py {args.source.name} {args.dest.name} "
-        f"--width {args.width} --noise {args.noise} --seed {args.seed}",
-        "from_width": old_width,
-        "to_width": args.width,
-    }
-    metadata["training"] = training
+    metadata = record_transform(
+        wide.metadata,
+        {
+            "command": f"python scripts/widen_addunet.py {args.source.name} {args.dest.name} "
+            f"--width {args.width} --noise {args.noise} --seed {args.seed}",
+            "from_width": old_width,
+            "to_width": args.width,
+        },
+    )
     wide.metadata = {}
     na.save_model(wide, args.dest, overwrite=False, **metadata)
     print(f"wrote {args.dest}: width {old_width} -> {args.width}, noise {args.noise}")

@@ -479,6 +479,12 @@ def test_deepen_addunet_keeps_the_function_and_records_the_step(tmp_path, encode
     with pytest.raises(Exception, match="exists"):  # never replaces a file
         deep.main([str(source), str(dest), "--level-convs", "3,3,4"])
     assert dest.read_bytes() == untouched
+    # a model transformed before (e.g. widened) keeps that step under ``earlier``
+    again = tmp_path / "again.safetensors"
+    assert deep.main([str(dest), str(again), "--level-convs", "3,3,4", "--noise", "0"]) == 0
+    chain = na.load_model(again).metadata["training"]["transformed"]
+    assert chain["to_level_convs"] == [3, 3, 4] and chain["earlier"]["to_level_convs"] == [3, 2, 4]
+    assert "earlier" not in training["transformed"]  # nothing before the first step
 
 
 def test_widen_addunet_refuses_what_it_cannot_widen(tmp_path, capsys):

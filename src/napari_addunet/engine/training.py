@@ -158,6 +158,23 @@ def earlier_training(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
     return {k: prior[k] for k in _LINEAGE_KEYS if k in prior}
 
 
+def record_transform(metadata: Mapping[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``metadata`` whose ``training.transformed`` records ``step``.
+
+    For a model changed outside training (widened, deepened) without changing its function:
+    ``step`` describes the change (its command, what it changed); a transformation recorded
+    before is kept under ``earlier``, so the lineage stays complete.
+    """
+    out = dict(metadata)
+    training = dict(out.get("training") or {})
+    entry = dict(step)
+    if training.get("transformed"):
+        entry["earlier"] = training["transformed"]
+    training["transformed"] = entry
+    out["training"] = training
+    return out
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (so ``cpu_bf16`` training is worth it)."""
     try:
