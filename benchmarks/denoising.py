@@ -118,6 +118,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_SHA_NOW: dict[str, str | None] = {}
+
+
+def _sha_now(source: str) -> str | None:
+    """The SHA-256 of a model row's checkpoint as it is now (``None`` if it cannot be found)."""
+    if source not in _SHA_NOW:
+        import napari_addunet as na
+
+        path = na.bundled_models().get(source) or Path(source)
+        _SHA_NOW[source] = _sha256(Path(path)) if Path(path).is_file() else None
+    return _SHA_NOW[source]
+
+
+def earlier_weights(entry: dict[str, Any]) -> bool:
+    """Whether a model row was scored on weights its checkpoint no longer holds.
+
+    A rerun with ``--redo NAME`` remeasures it; until then its numbers describe other weights.
+    """
+    if entry.get("kind") != "model" or not entry.get("sha256") or not entry.get("source"):
+        return False
+    now = _sha_now(entry["source"])
+    return now is not None and now != entry["sha256"]
+
+
 def _shown_path(path: Path) -> str:
     """A path safe to write into a tracked file: relative to the repository, else its name."""
     try:
@@ -662,6 +686,11 @@ def table(doc: dict[str, Any], ds: str) -> list[str]:
             pub_text = f"{pub}: {_join(list(PUBLISHED[pub][ds]), 2)}"
             shown.add(pub)
         label = f"`{e['name']}`: {e['label']}"
+        if earlier_weights(e):
+            label += (
+                f" **(scored {e.get('date', '?')} on earlier weights of this checkpoint; "
+                f"`--redo {e['name']}` remeasures it)**"
+            )
         if "error" in e:
             lines.append(f"| {label} | - | - | - | - | {e['error']} | - | {pub_text} |")
             continue
@@ -700,7 +729,8 @@ def reading(doc: dict[str, Any], ds: str) -> list[str]:
     Comparisons with published means are made only on the complete test set.
     """
     sigmas = [float(s) for s in doc["sigmas"]]
-    ours = [e for e in _ordered(doc) if "error" not in e and ds in e.get("datasets", {})]
+    scored = [e for e in _ordered(doc) if "error" not in e and ds in e.get("datasets", {})]
+    ours = [e for e in scored if not earlier_weights(e)]
     if not ours:
         return ["- No row measured yet."]
     at = "at every sigma" if len(sigmas) > 1 else f"at sigma {sigmas[0]:g}"
@@ -753,6 +783,11 @@ def reading(doc: dict[str, Any], ds: str) -> list[str]:
             f"- Of the model rows, `{fast['name']}` is the fastest ({fast['cpu_seconds_per_mp']:.2f} s/MP, "
             f"mean PSNR over the sigmas {mean[fast['name']]:.2f} dB) and `{best['name']}` the most accurate "
             f"({mean[best['name']]:.2f} dB, {best['cpu_seconds_per_mp']:.2f} s/MP)."
+        )
+    left_out = [e["name"] for e in scored if earlier_weights(e)]
+    if left_out:
+        out.append(
+            f"- Left out of these statements, scored on earlier weights of their checkpoint: {_names(left_out, len(scored))}."
         )
     return out
 

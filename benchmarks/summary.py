@@ -143,6 +143,12 @@ def _ensemble_rows(methods: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return sorted(rows, key=lambda kv: kv[1]["ensemble"])
 
 
+def _earlier(entry: dict[str, Any], bundled: dict[str, Any] | None) -> bool:
+    """A self-ensemble row scored on other weights than the bundled row's (both hashes known)."""
+    sha, now = entry.get("sha256"), (bundled or {}).get("sha256")
+    return bool(sha and now and sha != now)
+
+
 def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) -> list[str]:
     lines = ["## Grey-level denoising: BSD68 and Set12", ""]
     if not doc:
@@ -166,8 +172,13 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
             lines.append(f"| {name} | {entry['error']} | | | |")
             continue
         params = f"{entry['parameters']:,}" if entry.get("parameters") else "-"
+        shown = (
+            f"{name} (earlier weights)"
+            if name.startswith("addunet-bundled-x") and _earlier(entry, bundled)
+            else name
+        )
         lines.append(
-            f"| {name} | {_fmt(_psnr(entry, 'bsd68'))} | {_fmt(_psnr(entry, 'set12'))} | {params} | "
+            f"| {shown} | {_fmt(_psnr(entry, 'bsd68'))} | {_fmt(_psnr(entry, 'set12'))} | {params} | "
             f"{entry.get('cpu_seconds_per_mp', float('nan')):.2f} |"
         )
     lines += [
@@ -190,6 +201,12 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
                 f"{_diff(ours, DNCNN_S[ds])} dB (goal {'reached' if all(o >= d for o, d in zip(ours, DNCNN_S[ds], strict=True)) else 'not reached'})."
             )
         for name, entry in _ensemble_rows(methods):
+            if _earlier(entry, bundled):
+                lines.append(
+                    f"- `{name}` was scored ({entry.get('date', '?')}) on earlier bundled weights, not "
+                    f"on these; `python benchmarks/denoising.py --data <data> --redo {name}` remeasures it."
+                )
+                continue
             lines += ensemble_lines(name, entry, methods.get("budget-dncnn"), cpu)
         lines.append(cli_check_line(_load("cli-check.json"), bundled))
         bm3d = methods.get("bm3d")

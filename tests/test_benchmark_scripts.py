@@ -287,6 +287,52 @@ def test_ensemble_row_is_scored_with_the_ensemble_and_judged_on_its_own(tmp_path
     assert table == ["| addunet-bundled", "| addunet-bundled-x2", "| addunet-bundled-x8"]
 
 
+def test_rows_scored_on_earlier_weights_are_marked_and_left_out_of_the_statements(tmp_path, monkeypatch):
+    den = _script("denoising")
+    summary = _script("summary")
+    monkeypatch.setattr(den, "TIMING_SIDE", 32)
+    model_file = tmp_path / "tiny.safetensors"
+    torch.manual_seed(0)
+    na.save_model(na.create_model("addunet", width=4, kernels=(3, 3)), model_file)
+    image = (np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)
+    datasets = {"set12": {"01.png": image}}
+    doc = {"methods": {}, "sigmas": ["25"], "datasets": ["set12"], "images": {"set12": ["01.png"]}}
+    for n in (1, 2):
+        m = den.Method(f"tiny-x{n}", "model", "tiny", source=str(model_file), file=model_file, ensemble=n)
+        doc["methods"][m.name] = {**den.measure(m, datasets, (25.0,), tmp_path), "name": m.name}
+    assert not any(den.earlier_weights(e) for e in doc["methods"].values())
+    old_sha = doc["methods"]["tiny-x2"]["sha256"]
+    na.save_model(na.create_model("addunet", width=4, kernels=(3, 3)), model_file)  # new weights
+    den._SHA_NOW.clear()
+    m = den.Method("tiny-x1", "model", "tiny", source=str(model_file), file=model_file)
+    doc["methods"]["tiny-x1"] = {**den.measure(m, datasets, (25.0,), tmp_path), "name": "tiny-x1"}
+    assert den.earlier_weights(doc["methods"]["tiny-x2"]) and not den.earlier_weights(
+        doc["methods"]["tiny-x1"]
+    )
+    rows = [line for line in den.table(doc, "set12") if line.startswith("| `tiny")]
+    assert "earlier weights" in rows[1] and "--redo tiny-x2" in rows[1] and "earlier" not in rows[0]
+    reading = "\n".join(den.reading(doc, "set12"))
+    assert "earlier weights of their checkpoint: `tiny-x2`" in reading
+    assert "`tiny-x2`, " not in reading.split("Left out")[0]  # no statement is made about it
+
+    bundled = {**_denoising_doc((31.5, 29.0, 26.0))["methods"]["addunet-bundled"], "sha256": "new"}
+    x8 = {
+        **_denoising_doc((31.6, 29.1, 26.1))["methods"]["addunet-bundled"],
+        "ensemble": 8,
+        "sha256": old_sha,
+    }
+    text = "\n".join(
+        summary.denoising_section({"methods": {"addunet-bundled": bundled, "addunet-bundled-x8": x8}}, None)
+    )
+    assert "| addunet-bundled-x8 (earlier weights) |" in text
+    assert "--redo addunet-bundled-x8` remeasures it" in text and "self-ensemble of 8 (" not in text
+    x8["sha256"] = "new"
+    text = "\n".join(
+        summary.denoising_section({"methods": {"addunet-bundled": bundled, "addunet-bundled-x8": x8}}, None)
+    )
+    assert "earlier weights" not in text and "self-ensemble of 8 (" in text
+
+
 def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_path, monkeypatch):
     cpu = _script("cpu_time")
     monkeypatch.setattr(cpu, "OUT_JSON", tmp_path / "cpu-time.json")
