@@ -217,9 +217,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("bundled models:")
     for name, path in bundled_models().items():
         header = read_header(path)
-        train = header["metadata"].get("training", {})
-        print(f"  {name:24s} {header['architecture']}, {train.get('data', '')}")
+        print(f"  {name:24s} {header['architecture']}, {_training_line(header['metadata'])}")
     return 0
+
+
+def _training_line(meta: dict) -> str:
+    """One line on what a model was trained on: its written description, else the sizes."""
+    train = meta.get("training") or {}
+    if not isinstance(train, dict):
+        return str(train)
+    parts = []
+    data = train.get("data_description") or train.get("data")
+    if isinstance(data, dict):
+        split = data.get("train", data)
+        planes = split.get("planes") if isinstance(split, dict) else None
+        data = f"{planes:,} training planes" if isinstance(planes, int) else str(split)
+    if data:
+        parts.append(str(data))
+    noise = train.get("noise_description")
+    if noise:
+        parts.append(str(noise))
+    if train.get("steps"):
+        last = " in its last run, which started from earlier weights" if train.get("started_from") else ""
+        parts.append(f"{int(train['steps']):,} steps{last}")
+    return "; ".join(parts) or "no training record"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

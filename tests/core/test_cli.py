@@ -169,6 +169,10 @@ def test_info_lists_architectures_devices_and_a_checkpoint(tiny_model, capsys):
     for name in na.list_models():
         assert name in out
     assert "cpu" in out and "torch" in out
+    bundled = [line for line in out.splitlines() if line.startswith("  addunet-")]
+    assert {line.split()[0] for line in bundled} == set(na.bundled_models())
+    for line in bundled:  # one readable line each, not a dump of the training record
+        assert "{" not in line and len(line) < 400 and "steps" in line
     assert main(["info", str(tiny_model)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["architecture"] == "addunet"
