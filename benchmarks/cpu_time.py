@@ -3,6 +3,7 @@
 Run by hand (not in CI), from the repository root:
 
     python benchmarks/cpu_time.py                # 7 interleaved rounds, 512 x 512, 1 thread
+    python benchmarks/cpu_time.py --side 1024 --rounds 5 --out-stem cpu-time-1024   # larger images
     python benchmarks/cpu_time.py --candidate M.safetensors --side 1024   # a model to bundle? (prints only)
 
 The models are timed in turns (round 1: every model once, round 2: again, ...), so that the
@@ -13,7 +14,7 @@ and the engine's self-ensemble of 2 (the image and its mirror, two passes and th
 Every model runs in the memory layout the engine gives it on the CPU (channels-last where
 torch has oneDNN); the ratios to DnCNN compare those times. Each model is also timed in the
 default (contiguous) layout in the same rounds, to show what the layout changes.
-Writes ``docs/benchmarks/cpu-time.json`` and ``.md``.
+Writes ``docs/benchmarks/cpu-time.json`` and ``.md`` (``<stem>.json`` and ``.md`` with ``--out-stem``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -69,6 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
+        "--out-stem",
+        default="cpu-time",
+        help="write docs/benchmarks/<stem>.json and .md (default cpu-time; e.g. cpu-time-1024 for "
+        "a run at another --side, so both stay on record)",
+    )
+    p.add_argument(
         "--candidate",
         type=Path,
         action="append",
@@ -77,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         "the result is printed and the docs are not written",
     )
     args = p.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", args.out_stem):
+        p.error(f"--out-stem: use letters, digits, '-' and '_' only, not {args.out_stem!r}")
     for path in args.candidate:
         if not path.is_file():
             p.error(f"--candidate: no such model file: {path}")
@@ -131,8 +141,10 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
     doc = {
-        "command": f"python benchmarks/cpu_time.py --side {args.side} --rounds {args.rounds} --threads {args.threads}",
+        "command": f"python benchmarks/cpu_time.py --side {args.side} --rounds {args.rounds} --threads {args.threads}"
+        + ("" if args.out_stem == "cpu-time" else f" --out-stem {args.out_stem}"),
         "date": datetime.date.today().isoformat(),
+        "stem": args.out_stem,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "load_average": [round(v, 2) for v in load],
         "input": f"1 x 1 x {args.side} x {args.side} float32, torch.no_grad(), {args.threads} thread(s)",
@@ -170,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.candidate:
         print("(candidates timed: the docs were not written)")
         return
-    atomic_write_text(OUT_JSON, json.dumps(doc, indent=2) + "\n")
-    atomic_write_text(OUT_MD, "\n".join(lines) + "\n")
+    atomic_write_text(OUT_JSON.with_name(f"{args.out_stem}.json"), json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(OUT_MD.with_name(f"{args.out_stem}.md"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -668,6 +668,16 @@ def _attached(name: str) -> str | None:
     return next((p for p, v in PUBLISHED.items() if v.get("attach") == name), None)
 
 
+def outside_timing_pass(doc: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Whether a row's CPU time was not measured in the document's side-by-side pass.
+
+    Such a row was timed alone when it was scored after the pass, or in an earlier pass because
+    its model file was missing when the pass ran; its time does not compare with the others.
+    """
+    run = doc.get("timing_run")
+    return bool(run) and (entry["name"] not in run["rows"] or "side by side" not in entry.get("timing", ""))
+
+
 def table(doc: dict[str, Any], ds: str) -> list[str]:
     """The markdown table of one dataset."""
     sigmas = [float(s) for s in doc["sigmas"]]
@@ -699,7 +709,8 @@ def table(doc: dict[str, Any], ds: str) -> list[str]:
             continue
         lines.append(
             f"| {label} | {_fmt_params(e.get('parameters'))} | {_fmt_macs(e.get('macs_per_pixel'))} | "
-            f"{e['cpu_seconds_per_mp']:.2f} | {run['seconds_per_image']:.2f} | "
+            f"{e['cpu_seconds_per_mp']:.2f}{'*' if outside_timing_pass(doc, e) else ''} | "
+            f"{run['seconds_per_image']:.2f} | "
             f"{_join(_psnr_of(e, ds, sigmas), 2)} | {_join(_psnr_of(e, ds, sigmas, 'ssim'), 4)} | {pub_text} |"
         )
     for name, v in PUBLISHED.items():
@@ -881,10 +892,21 @@ def _timing_run_note(doc: dict[str, Any]) -> str:
     if not run:
         return " Each row was timed when it was scored, so the CPU column mixes machine loads."
     before, after = run["load_average"]
+    outside = [
+        n for n, e in doc["methods"].items() if "error" not in e and outside_timing_pass(doc, {"name": n} | e)
+    ]
     return (
         f" The CPU column comes from one side-by-side pass (`--retime`) on {run['date']} over "
         f"{len(run['rows'])} rows in {run['rounds']} interleaved rounds (load average {before:.1f} before, "
-        f"{after:.1f} after), so its rows compare fairly; rows scored after that pass were timed alone."
+        f"{after:.1f} after), so its rows compare fairly."
+        + (
+            f" Rows marked * ({', '.join(f'`{n}`' for n in outside)}) were not in that pass: timed alone "
+            "when scored after it, or in an earlier pass because their model file is not on this machine "
+            "(`training/budget/README.md` says how to make it again); their times do not compare with "
+            "the others."
+            if outside
+            else ""
+        )
     )
 
 

@@ -149,7 +149,9 @@ def _earlier(entry: dict[str, Any], bundled: dict[str, Any] | None) -> bool:
     return bool(sha and now and sha != now)
 
 
-def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) -> list[str]:
+def denoising_section(
+    doc: dict[str, Any] | None, cpu: dict[str, Any] | None, cpu_large: dict[str, Any] | None = None
+) -> list[str]:
     lines = ["## Grey-level denoising: BSD68 and Set12", ""]
     if not doc:
         return lines + ["Not measured yet: `python benchmarks/denoising.py --data <data>`.", ""]
@@ -245,6 +247,24 @@ def denoising_section(doc: dict[str, Any] | None, cpu: dict[str, Any] | None) ->
                     f"{b['default_layout_seconds_per_mp'] / b['default_layout_ratio_to_dncnn']:.1f} "
                     f"({b['default_layout_ratio_to_dncnn']:.2f}x)."
                 )
+    large = {r["model"]: r for r in (cpu_large or {}).get("rows", [])}
+    b_large = next(
+        (r for k, r in large.items() if k.startswith("addunet-gray-blind") and r.get("ensemble", 1) == 1),
+        None,
+    )
+    if b_large:
+        x2_large = next(
+            (r for k, r in large.items() if k.startswith("addunet-gray-blind") and r.get("ensemble") == 2),
+            None,
+        )
+        lines.append(
+            f"- The same side-by-side benchmark on {_side(cpu_large.get('input', ''))} "
+            f"([benchmarks/{cpu_large.get('stem', 'cpu-time-1024')}.md](benchmarks/"
+            f"{cpu_large.get('stem', 'cpu-time-1024')}.md), {cpu_large.get('date', '?')}): the bundled model "
+            f"takes {b_large['ratio_to_dncnn']:.2f}x DnCNN's time ({b_large['seconds_per_mp']:.1f} vs "
+            f"{b_large['seconds_per_mp'] / b_large['ratio_to_dncnn']:.1f} s/MP)"
+            + (f", its self-ensemble of 2 {x2_large['ratio_to_dncnn']:.2f}x." if x2_large else ".")
+        )
     dn = methods.get("budget-dncnn")
     side_by_side = all("side by side" in (e or {}).get("timing", "") for e in (bundled, dn))
     if doc.get("timing_run") and bundled and dn and "error" not in dn and side_by_side:
@@ -345,7 +365,7 @@ def main() -> None:
         "CPU machine: timings are noisy, ratios measured together are the ones to read.",
         "",
     ]
-    lines += denoising_section(_load("denoising.json"), _load("cpu-time.json"))
+    lines += denoising_section(_load("denoising.json"), _load("cpu-time.json"), _load("cpu-time-1024.json"))
     lines += selection_section(_load("config-selection.json"))
     lines += multitask_section(_load("multitask.json"))
     lines += gate_section(_load("gate-sweep.json"))

@@ -134,6 +134,8 @@ def test_retime_times_every_measured_row_side_by_side(tmp_path, monkeypatch):
             "tiny": {"cpu_seconds_per_mp": -1.0, "timing": "alone"},
             "nlm": {"cpu_seconds_per_mp": -1.0, "timing": "alone"},
             "wavelet": {"error": "not available: test"},
+            # timed side by side in an earlier pass; its model file is gone, so no method times it now
+            "gone": {"cpu_seconds_per_mp": 2.5, "timing": "...; side by side with every row, median of 3"},
         }
     }
     image = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
@@ -144,8 +146,20 @@ def test_retime_times_every_measured_row_side_by_side(tmp_path, monkeypatch):
         assert "side by side" in doc["methods"][name]["timing"]
     assert doc["methods"]["wavelet"] == {"error": "not available: test"}  # not measured: left alone
     doc["timing_run"] = run
-    assert "one side-by-side pass" in den._timing_run_note(doc)
+    note = den._timing_run_note(doc)
+    assert "one side-by-side pass" in note
     assert "mixes machine loads" in den._timing_run_note({"methods": {}})
+    # the row left out keeps its old time, marked as not comparable; the timed rows are not marked
+    assert doc["methods"]["gone"]["cpu_seconds_per_mp"] == 2.5
+    assert "Rows marked * (`gone`) were not in that pass" in note
+    outside = {n for n, e in doc["methods"].items() if den.outside_timing_pass(doc, {"name": n} | e)}
+    assert outside == {"gone", "wavelet"}  # wavelet: an error row, no time at all
+    # a row scored alone after the pass is marked too
+    doc["methods"]["tiny"]["timing"] = "1024x1024 float32 forward pass, 1 thread"
+    assert "(`tiny`, `gone`)" in den._timing_run_note(doc)
+    del doc["methods"]["gone"]
+    doc["methods"]["tiny"]["timing"] = "x; side by side with every row"
+    assert "Rows marked *" not in den._timing_run_note(doc)
 
 
 def test_cli_check_compares_means_and_the_summary_ties_it_to_the_weights():
@@ -371,6 +385,35 @@ def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_p
     with torch.no_grad():
         expected = (net(x).denoised + net(x.flip(-1)).denoised.flip(-1)) / 2
         assert torch.allclose(cpu.forward(net, 2, x), expected, atol=1e-6)
+
+
+def test_cpu_time_out_stem_keeps_the_default_run_and_feeds_the_summary(tmp_path, monkeypatch):
+    cpu = _script("cpu_time")
+    monkeypatch.setattr(cpu, "OUT_JSON", tmp_path / "cpu-time.json")
+    monkeypatch.setattr(cpu, "OUT_MD", tmp_path / "cpu-time.md")
+    (tmp_path / "cpu-time.json").write_text("{}")
+    cpu.main(["--side", "24", "--rounds", "1", "--out-stem", "cpu-time-24"])
+    assert (tmp_path / "cpu-time.json").read_text() == "{}"  # the default run is not overwritten
+    doc = json.loads((tmp_path / "cpu-time-24.json").read_text())
+    assert doc["stem"] == "cpu-time-24" and doc["command"].endswith("--out-stem cpu-time-24")
+    assert "--out-stem cpu-time-24" in (tmp_path / "cpu-time-24.md").read_text()
+    for bad in ("../escape", "a/b", "", ".hidden"):
+        with pytest.raises(SystemExit):
+            cpu.main(["--side", "16", "--rounds", "1", "--out-stem", bad])
+    assert sorted(q.name for q in tmp_path.iterdir()) == [
+        "cpu-time-24.json",
+        "cpu-time-24.md",
+        "cpu-time.json",
+    ]
+    rows = {r["model"]: r for r in doc["rows"]}
+    ratio = rows[cpu.BUNDLED_ROW]["ratio_to_dncnn"]
+    summary = _script("summary")
+    text = "\n".join(summary.denoising_section(_denoising_doc((31.18, 28.75, 25.69)), None, doc))
+    line = next(x for x in text.splitlines() if "The same side-by-side benchmark on 24 x 24" in x)
+    assert f"takes {ratio:.2f}x DnCNN's time" in line and "(benchmarks/cpu-time-24.md)" in line
+    assert f"self-ensemble of 2 {rows[cpu.BUNDLED_X2_ROW]['ratio_to_dncnn']:.2f}x" in line
+    text = "\n".join(summary.denoising_section(_denoising_doc((31.18, 28.75, 25.69)), None, None))
+    assert "The same side-by-side benchmark" not in text
 
 
 def test_cpu_time_candidate_rows_are_printed_not_written(tmp_path, monkeypatch, capsys):
