@@ -127,6 +127,12 @@ def ensemble_lines(
     return out
 
 
+def _outside_pass(doc: dict[str, Any], name: str, entry: dict[str, Any]) -> bool:
+    """Whether a denoising row's CPU time was measured outside the table's side-by-side pass."""
+    run = doc.get("timing_run")
+    return bool(run) and (name not in run.get("rows", []) or "side by side" not in entry.get("timing", ""))
+
+
 def _side(text: str) -> str:
     """``'1 x 1 x 512 x 512 float32 ...'`` -> ``'512 x 512'`` (the timed input's size)."""
     parts = text.split(" x ")
@@ -181,13 +187,20 @@ def denoising_section(
         )
         lines.append(
             f"| {shown} | {_fmt(_psnr(entry, 'bsd68'))} | {_fmt(_psnr(entry, 'set12'))} | {params} | "
-            f"{entry.get('cpu_seconds_per_mp', float('nan')):.2f} |"
+            f"{entry.get('cpu_seconds_per_mp', float('nan')):.2f}{'*' if _outside_pass(doc, name, entry) else ''} |"
         )
     lines += [
         f"| BM3D, published | {_fmt(BM3D['bsd68'])} | {_fmt(BM3D['set12'])} | - | - |",
         f"| DnCNN-S, published (one model per sigma) | {_fmt(DNCNN_S['bsd68'])} | {_fmt(DNCNN_S['set12'])} | 556,097 | - |",
         "",
     ]
+    if any(_outside_pass(doc, n, e) for n, e in methods.items() if "error" not in e):
+        lines += [
+            "CPU times marked * were timed apart from the pass that timed the table's rows together "
+            f"({doc['timing_run']['date']}) and do not compare with the others "
+            "([benchmarks/denoising.md](benchmarks/denoising.md) says why).",
+            "",
+        ]
     if bundled:
         lines.append("Against the step-5 targets (bundled model, one blind network for all sigmas):")
         lines.append("")

@@ -387,6 +387,26 @@ def test_cpu_time_times_the_bundled_model_plain_and_with_the_self_ensemble(tmp_p
         assert torch.allclose(cpu.forward(net, 2, x), expected, atol=1e-6)
 
 
+def test_summary_marks_cpu_times_outside_the_timing_pass():
+    summary = _script("summary")
+    doc = _denoising_doc((31.18, 28.75, 25.69))
+    doc["methods"]["addunet-bundled"] |= {
+        "cpu_seconds_per_mp": 6.0,
+        "timing": "x; side by side with every row",
+    }
+    doc["methods"]["old"] = {"parameters": 1, "cpu_seconds_per_mp": 3.0, "timing": "x; side by side"}
+    doc["timing_run"] = {"date": "2026-12-04", "rows": ["addunet-bundled"]}
+    text = "\n".join(summary.denoising_section(doc, None))
+    assert "| 1 | 6.00 |" in text and "| 1 | 3.00* |" in text
+    assert (
+        "CPU times marked * were timed apart from the pass that timed the table's rows together (2026-12-04)"
+        in text
+    )
+    doc["timing_run"]["rows"].append("old")
+    text = "\n".join(summary.denoising_section(doc, None))
+    assert "*" not in text.split("Against the step-5 targets")[0]
+
+
 def test_cpu_time_out_stem_keeps_the_default_run_and_feeds_the_summary(tmp_path, monkeypatch):
     cpu = _script("cpu_time")
     monkeypatch.setattr(cpu, "OUT_JSON", tmp_path / "cpu-time.json")
