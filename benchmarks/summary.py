@@ -133,6 +133,18 @@ def _outside_pass(doc: dict[str, Any], name: str, entry: dict[str, Any]) -> bool
     return bool(run) and (name not in run.get("rows", []) or "side by side" not in entry.get("timing", ""))
 
 
+def _bundled_cpu_row(cpu: dict[str, Any] | None, ensemble: int) -> dict[str, Any] | None:
+    """The bundled model's row of a ``cpu_time.py`` result with that self-ensemble size, if any."""
+    return next(
+        (
+            r
+            for r in (cpu or {}).get("rows", [])
+            if r["model"].startswith("addunet-gray-blind") and r.get("ensemble", 1) == ensemble
+        ),
+        None,
+    )
+
+
 def _side(text: str) -> str:
     """``'1 x 1 x 512 x 512 float32 ...'`` -> ``'512 x 512'`` (the timed input's size)."""
     parts = text.split(" x ")
@@ -238,10 +250,7 @@ def denoising_section(
             )
     if cpu:
         rows = {r["model"]: r for r in cpu["rows"]}
-        b = next(
-            (r for k, r in rows.items() if k.startswith("addunet-gray-blind") and r.get("ensemble", 1) == 1),
-            None,
-        )
+        b = _bundled_cpu_row(cpu, 1)
         if b:
             lines.append(
                 f"- CPU time per megapixel, measured side by side in one process "
@@ -260,20 +269,13 @@ def denoising_section(
                     f"{b['default_layout_seconds_per_mp'] / b['default_layout_ratio_to_dncnn']:.1f} "
                     f"({b['default_layout_ratio_to_dncnn']:.2f}x)."
                 )
-    large = {r["model"]: r for r in (cpu_large or {}).get("rows", [])}
-    b_large = next(
-        (r for k, r in large.items() if k.startswith("addunet-gray-blind") and r.get("ensemble", 1) == 1),
-        None,
-    )
-    if b_large:
-        x2_large = next(
-            (r for k, r in large.items() if k.startswith("addunet-gray-blind") and r.get("ensemble") == 2),
-            None,
-        )
+    b_large = _bundled_cpu_row(cpu_large, 1)
+    if cpu_large and b_large:
+        x2_large = _bundled_cpu_row(cpu_large, 2)
+        page = f"benchmarks/{cpu_large.get('stem', 'cpu-time-1024')}.md"
         lines.append(
             f"- The same side-by-side benchmark on {_side(cpu_large.get('input', ''))} "
-            f"([benchmarks/{cpu_large.get('stem', 'cpu-time-1024')}.md](benchmarks/"
-            f"{cpu_large.get('stem', 'cpu-time-1024')}.md), {cpu_large.get('date', '?')}): the bundled model "
+            f"([{page}]({page}), {cpu_large.get('date', '?')}): the bundled model "
             f"takes {b_large['ratio_to_dncnn']:.2f}x DnCNN's time ({b_large['seconds_per_mp']:.1f} vs "
             f"{b_large['seconds_per_mp'] / b_large['ratio_to_dncnn']:.1f} s/MP)"
             + (f", its self-ensemble of 2 {x2_large['ratio_to_dncnn']:.2f}x." if x2_large else ".")
