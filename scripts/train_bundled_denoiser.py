@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="validate and save a moving average of the weights with this decay (0: off)",
+    )
+    ap.add_argument(
         "--bf16", action="store_true", help="bfloat16 mixed precision (CPUs with native bfloat16 only)"
     )
     ap.add_argument(
@@ -87,12 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         "loss": args.loss,
         "device": "cpu",
         "cpu_bf16": args.bf16,
+        "ema_decay": args.ema_decay,
     }
     command = (
         f"python scripts/train_bundled_denoiser.py <Train400> --candidate {args.candidate} --steps {args.steps} "
         f"--batch-size {args.batch_size} --patch-size {args.patch_size} --lr {args.lr} --seed {args.seed}"
         + (" --bf16" if args.bf16 else "")
         + (f" --loss {args.loss}" if args.loss != "mse" else "")
+        + (f" --ema-decay {args.ema_decay:g}" if args.ema_decay else "")
         + (f" --init {args.init.name}" if args.init else "")
         + f" -o {args.output.name}"
     )

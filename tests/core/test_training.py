@@ -271,13 +271,13 @@ def test_closing_the_generator_mid_epoch_leaves_files(tmp_path):
     assert meta["status"] == "stopped" and meta["metrics"]["epoch"] == 1
 
 
-def stop_at_step_7(output) -> None:
-    """Train the SMALL run into ``output`` and stop it after step 7 (of 10)."""
+def stop_at_step_7(output, config=SMALL) -> None:
+    """Train the SMALL run (or ``config``) into ``output`` and stop it after step 7 (of 10)."""
     stop = threading.Event()
     train(
         small_data(),
         tiny(),
-        SMALL,
+        config,
         output=output,
         stop=stop,
         callback=lambda e: stop.set() if isinstance(e, StepDone) and e.step == 7 else None,
@@ -489,3 +489,38 @@ def test_a_run_from_trained_weights_records_the_earlier_run_through_a_resume(tmp
     chain = na.load_model(third).metadata["training"]
     assert chain["started_from"]["command"] == "second command"
     assert chain["started_from"]["started_from"]["command"] == "first command"
+
+
+# -- weight average (ema_decay) -------------------------------------------------------------------
+def test_ema_validates_and_saves_the_average_without_changing_the_trained_weights(tmp_path):
+    plain = tmp_path / "plain.safetensors"
+    averaged = tmp_path / "averaged.safetensors"
+    one_epoch = dict(SMALL, epochs=1)
+    run_plain = train(small_data(), tiny(), one_epoch, output=plain)
+    run_avg = train(small_data(), tiny(), dict(one_epoch, ema_decay=0.9), output=averaged)
+    # the average does not feed back into training: the same trained weights
+    raw_plain, raw_avg = load_state(plain)["model"], load_state(averaged)["model"]
+    assert all(torch.equal(raw_plain[k], raw_avg[k]) for k in raw_plain)
+    # ... but the run validates and saves the average, which differs from them
+    saved = na.load_model(averaged).state_dict()
+    average = load_state(averaged)["weight_average"]["tensors"]
+    assert all(torch.allclose(saved[k], average[k].float()) for k in saved)
+    assert not all(torch.equal(saved[k], raw_avg[k]) for k in saved)
+    assert run_avg.history[0]["val_loss"] != run_plain.history[0]["val_loss"]
+    assert na.load_model(averaged).metadata["training"]["config"]["ema_decay"] == 0.9
+
+
+def test_ema_resumes_exactly(tmp_path):
+    cfg = dict(SMALL, ema_decay=0.8)
+    full = train(small_data(), tiny(), cfg, output=tmp_path / "full.safetensors")
+    part = tmp_path / "part.safetensors"
+    stop_at_step_7(part, cfg)
+    resumed = train(small_data(), resume=part)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert torch.equal(weights(resumed.model), weights(full.model))
+    assert load_state(part)["weight_average"]["updates"] == 10
+
+
+def test_ema_decay_out_of_range_is_refused():
+    with pytest.raises(na.ConfigError, match="ema_decay"):
+        TrainingConfig.from_dict(ema_decay=1.0)

@@ -19,6 +19,7 @@ only the denoising loss reaches (an AddUNet's decoder, output layer and gates) s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -56,6 +57,7 @@ from .training_events import (
     ValidationDone,
 )
 from .training_state import dumps, load_state, loads, model_path_for, save_state, state_path_for
+from .weight_average import WeightAverage
 
 
 class TrainingError(RuntimeError):
@@ -327,6 +329,7 @@ class _Run:
             lr=cfg.lr,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
         # random generators: patches (numpy), noise and masks (torch), global torch (dropout)
         self.rng = np.random.default_rng([cfg.seed, self.rank, 1])
@@ -430,6 +433,11 @@ class _Run:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
+        if self.average is not None:
+            if state.get("weight_average"):
+                self.average.load_state_dict(state["weight_average"])
+            else:  # the run being resumed kept no average: start it from its weights
+                self.average = WeightAverage(self.model, self.cfg.ema_decay)
         rng = state["rng"]
         if self.rank == 0 and int(state.get("world_size", 1)) == self.ctx.world_size:
             self.rng.bit_generator.state = loads(rng["numpy"])
@@ -539,6 +547,8 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.model)
         parts = LossParts(float(den.detach()), float(cls.detach()), float(total.detach()))
         self.sums[0] += parts.denoise
         self.sums[1] += parts.classify
@@ -632,6 +642,7 @@ class _Run:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "grad_scaler": self.scaler.state_dict() if self.use_amp else {},
+            "weight_average": self.average.state_dict() if self.average is not None else {},
             "step": self.step,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -755,6 +766,10 @@ class _Run:
         )
         return result
 
+    def _averaged(self) -> contextlib.AbstractContextManager[None]:
+        """The model holds the averaged weights inside this block (``ema_decay`` > 0)."""
+        return contextlib.nullcontext() if self.average is None else self.average.applied(self.model)
+
     def _end_epoch(self) -> list[TrainingEvent]:
         cfg = self.cfg
         n = max(1, int(self.sums[3]))
@@ -764,49 +779,50 @@ class _Run:
         self.sums = [0.0, 0.0, 0.0, 0]
         events: list[TrainingEvent] = []
         validation = None
-        if self.val is not None:
-            t0 = time.perf_counter()
-            parts, psnr, ssim, acc = self._validate()
-            self.val_time = time.perf_counter() - t0
-            metric, value = "val_loss", parts.total
-        else:
-            parts = psnr = ssim = acc = None
-            metric, value = "train_loss", train.total
-        improved = self.best is None or value < self.best.value
-        if improved:
-            self.best = Best(self.epoch, self.step, metric, value, psnr, ssim, acc)
-            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.since_best = 0
-        else:
-            self.since_best += 1
-        if parts is not None:
-            ip, iss = self.val["input_metrics"]
-            validation = ValidationDone(
-                self.epoch, self.step, parts, psnr, ssim, ip, iss, acc, improved, self.val_time
+        with self._averaged():  # validate and keep the averaged weights, if any
+            if self.val is not None:
+                t0 = time.perf_counter()
+                parts, psnr, ssim, acc = self._validate()
+                self.val_time = time.perf_counter() - t0
+                metric, value = "val_loss", parts.total
+            else:
+                parts = psnr = ssim = acc = None
+                metric, value = "train_loss", train.total
+            improved = self.best is None or value < self.best.value
+            if improved:
+                self.best = Best(self.epoch, self.step, metric, value, psnr, ssim, acc)
+                self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.since_best = 0
+            else:
+                self.since_best += 1
+            if parts is not None:
+                ip, iss = self.val["input_metrics"]
+                validation = ValidationDone(
+                    self.epoch, self.step, parts, psnr, ssim, ip, iss, acc, improved, self.val_time
+                )
+                events.append(validation)
+            lr = lr_at(cfg, max(0, self.step - 1))
+            self.history.append(
+                {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "lr": lr,
+                    "train_loss": train.total,
+                    "train_denoise": train.denoise,
+                    "train_classify": train.classify,
+                    "val_loss": parts.total if parts else None,
+                    "val_psnr": psnr,
+                    "val_ssim": ssim,
+                    "val_input_psnr": self.val["input_metrics"][0] if self.val is not None else None,
+                    "val_accuracy": acc,
+                    "seconds": round(self._elapsed(), 2),
+                    "gates": self._gates(),
+                }
             )
-            events.append(validation)
-        lr = lr_at(cfg, max(0, self.step - 1))
-        self.history.append(
-            {
-                "epoch": self.epoch,
-                "step": self.step,
-                "lr": lr,
-                "train_loss": train.total,
-                "train_denoise": train.denoise,
-                "train_classify": train.classify,
-                "val_loss": parts.total if parts else None,
-                "val_psnr": psnr,
-                "val_ssim": ssim,
-                "val_input_psnr": self.val["input_metrics"][0] if self.val is not None else None,
-                "val_accuracy": acc,
-                "seconds": round(self._elapsed(), 2),
-                "gates": self._gates(),
-            }
-        )
-        if improved:
-            saved = self._save_best()
-            if saved:
-                events.append(saved)
+            if improved:
+                saved = self._save_best()
+                if saved:
+                    events.append(saved)
         saved = self._save_state()
         if saved:
             events.append(saved)

@@ -42,6 +42,13 @@ class TrainingConfig:
         0.01, ge=0.0, le=1.0, doc="cosine: last learning rate as a fraction of lr"
     )
     grad_clip: float = setting(1.0, ge=0.0, le=1e6, doc="clip the gradient norm to this (0: off)")
+    ema_decay: float = setting(
+        0.0,
+        ge=0.0,
+        le=0.9999,
+        doc="validate and save an exponential moving average of the weights with this decay "
+        "(0.999: about the last 1,000 steps; 0: off, the trained weights themselves)",
+    )
     augment: bool = setting(
         True, doc="random flips and 90-degree rotations of patches (off if orientation defines a class)"
     )
