@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     best = result.best
     print(
-        f"{result.reason} at step {result.history[-1]['step'] if result.history else 0}; best {best}",
+        f"{result.reason} after step {result.step} (last validated at step "
+        f"{result.history[-1]['step'] if result.history else 0}); best {best}",
         flush=True,
     )
     return 0
