@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--val-seed",
+        type=int,
+        default=-1,
+        help="seed of the validation patches (-1: --seed; 0 gives the patches of the earlier runs)",
+    )
+    ap.add_argument(
         "--loss", choices=("mse", "log_mse"), default="mse", help="log_mse: every patch counts by its PSNR"
     )
     ap.add_argument(
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_fraction": 0.0,
         "val_patches": 128,
         "seed": args.seed,
+        "val_seed": args.val_seed,
         "loss": args.loss,
         "device": "cpu",
         "cpu_bf16": args.bf16,
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" --bf16" if args.bf16 else "")
         + (f" --loss {args.loss}" if args.loss != "mse" else "")
         + (f" --ema-decay {args.ema_decay:g}" if args.ema_decay else "")
+        + (f" --val-seed {args.val_seed}" if args.val_seed >= 0 else "")
         + (f" --init {args.init.name}" if args.init else "")
         + f" -o {args.output.name}"
     )

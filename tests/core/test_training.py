@@ -524,3 +524,16 @@ def test_ema_resumes_exactly(tmp_path):
 def test_ema_decay_out_of_range_is_refused():
     with pytest.raises(na.ConfigError, match="ema_decay"):
         TrainingConfig.from_dict(ema_decay=1.0)
+
+
+def test_val_seed_fixes_the_validation_set_across_training_seeds():
+    def first_validation(**kw):
+        result = train(clean_data(crops()), tiny(), dict(SMALL, epochs=1, val_fraction=0.4, **kw))
+        return result.history[0]["val_input_psnr"]
+
+    assert first_validation(seed=1) != first_validation(seed=2)  # the seed draws the validation
+    assert first_validation(seed=1, val_seed=7) == first_validation(seed=2, val_seed=7)
+    assert first_validation(seed=7) == first_validation(seed=3, val_seed=7)
+    assert TrainingConfig.from_dict(seed=4).validation_seed == 4
+    with pytest.raises(na.ConfigError, match="val_seed"):
+        TrainingConfig.from_dict(val_seed=-2)

@@ -301,7 +301,7 @@ class _Run:
             if validation.mode != data.mode:
                 raise DataError(f"validation data are {validation.mode!r} but training data {data.mode!r}")
         else:
-            self.train_data, self.val_data = split_data(data, cfg.val_fraction, cfg.seed)
+            self.train_data, self.val_data = split_data(data, cfg.val_fraction, cfg.validation_seed)
         self.train_data.check_patch_size(cfg.patch_size)
         if self.val_data is not None:
             self.val_data.check_patch_size(cfg.patch_size)
@@ -458,8 +458,8 @@ class _Run:
         if self.val_data is None:
             return None
         cfg = self.cfg
-        x, y, labels = fixed_patches(self.val_data, cfg.patch_size, cfg.val_patches, cfg.seed)
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, 3))
+        x, y, labels = fixed_patches(self.val_data, cfg.patch_size, cfg.val_patches, cfg.validation_seed)
+        gen = torch.Generator().manual_seed(_seed(cfg.validation_seed, 3))
         x_t = torch.from_numpy(x)
         out: dict[str, Any] = {"labels": None if labels is None else torch.from_numpy(labels), "mask": None}
         if self.mode == "supervised":

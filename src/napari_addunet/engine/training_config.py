@@ -91,6 +91,13 @@ class TrainingConfig:
         0, ge=0, le=100_000, doc="stop after this many epochs without improvement (0: off)"
     )
     seed: int = setting(0, ge=0, le=2**31 - 1, doc="seed of every random draw (weights, patches, noise)")
+    val_seed: int = setting(
+        -1,
+        ge=-1,
+        le=2**31 - 1,
+        doc="seed of the held-out split and of the validation patches and their noise (-1: seed); "
+        "fix it to compare runs of other seeds on the same validation",
+    )
     device: str = setting("auto", doc="auto, cpu, cuda, cuda:N or mps")
     amp: bool = setting(True, doc="automatic mixed precision (float16) on CUDA; ignored elsewhere")
     cpu_bf16: bool = setting(
@@ -137,6 +144,11 @@ class TrainingConfig:
             )
 
     # -- derived --------------------------------------------------------------------------------
+    @property
+    def validation_seed(self) -> int:
+        """The seed of the held-out split and the validation patches."""
+        return self.seed if self.val_seed < 0 else self.val_seed
+
     @property
     def total_steps(self) -> int:
         """Optimizer steps of the whole run."""
