@@ -23,7 +23,7 @@ from napari_addunet.engine.training_events import (
     TrainingStarted,
     ValidationDone,
 )
-from napari_addunet.engine.training_state import TrainingStateError, load_state, state_path_for
+from napari_addunet.engine.training_state import TrainingStateError, load_state, loads, state_path_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -537,3 +537,12 @@ def test_val_seed_fixes_the_validation_set_across_training_seeds():
     assert TrainingConfig.from_dict(seed=4).validation_seed == 4
     with pytest.raises(na.ConfigError, match="val_seed"):
         TrainingConfig.from_dict(val_seed=-2)
+
+
+def test_ema_switched_on_at_resume_starts_from_the_restored_weights(tmp_path):
+    part = tmp_path / "part.safetensors"
+    stop_at_step_7(part)  # a run without an average
+    train(small_data(), resume=part, ema_decay=0.9)
+    state = load_state(part)
+    assert state["weight_average"]["updates"] == 3  # steps 8-10 only
+    assert TrainingConfig.from_dict(loads(state["config"])).ema_decay == 0.9

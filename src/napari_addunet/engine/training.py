@@ -329,7 +329,6 @@ class _Run:
             lr=cfg.lr,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
-        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
         # random generators: patches (numpy), noise and masks (torch), global torch (dropout)
         self.rng = np.random.default_rng([cfg.seed, self.rank, 1])
@@ -351,6 +350,10 @@ class _Run:
         self.in_step = False
         if self.state_in is not None:
             self._restore(self.state_in)
+        # the average starts from the (restored) weights, or continues the one the state kept
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        if self.average is not None and self.state_in is not None and self.state_in.get("weight_average"):
+            self.average.load_state_dict(self.state_in["weight_average"])
 
         self.sampler = PatchSampler(self.train_data, cfg.patch_size, self.rng, augment=cfg.augment)
         self.val = self._validation_set()
@@ -433,11 +436,6 @@ class _Run:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
-        if self.average is not None:
-            if state.get("weight_average"):
-                self.average.load_state_dict(state["weight_average"])
-            else:  # the run being resumed kept no average: start it from its weights
-                self.average = WeightAverage(self.model, self.cfg.ema_decay)
         rng = state["rng"]
         if self.rank == 0 and int(state.get("world_size", 1)) == self.ctx.world_size:
             self.rng.bit_generator.state = loads(rng["numpy"])
