@@ -609,3 +609,56 @@ def test_widen_addunet_refuses_what_it_cannot_widen(tmp_path, capsys):
         wid.main([str(source), str(dest), "--width", "4"])
     assert stop.value.code == 2 and "cannot narrow an AddUNet: width 6 -> 4" in capsys.readouterr().err
     assert not dest.exists()
+
+
+def test_average_weights_averages_one_network_and_refuses_what_differs(tmp_path, capsys):
+    avg = _script("average_weights", "scripts")
+    torch.manual_seed(0)
+    settings = {"width": 4, "kernels": (3, 3), "convs_per_level": 2, "multiscale": True}
+    a, b = na.create_model("addunet", **settings), na.create_model("addunet", **settings)
+    mean = avg.average_models([a, b])
+    for key, value in mean.state_dict().items():
+        expected = (a.state_dict()[key] + b.state_dict()[key]) / 2
+        assert torch.allclose(value, expected, atol=1e-7), key
+    weighted = avg.average_models([a, b], [3, 1])
+    key = "stem.0.weight"
+    assert torch.allclose(weighted.state_dict()[key], 0.75 * a.state_dict()[key] + 0.25 * b.state_dict()[key])
+    assert torch.equal(avg.average_models([a, b], [1, 0]).state_dict()[key], a.state_dict()[key])
+    with pytest.raises(ValueError, match="at least two"):
+        avg.average_models([a])
+    with pytest.raises(ValueError, match="differs from model 0's in: width"):
+        avg.average_models([a, na.create_model("addunet", **{**settings, "width": 6})])
+    with pytest.raises(ValueError, match="only runs of one network"):
+        avg.average_models([a, na.create_model("dncnn", depth=3, width=4)])
+    with pytest.raises(ValueError, match="non-negative"):
+        avg.average_models([a, b], [1, -1])
+    with pytest.raises(ValueError, match="2 models but 3 weights"):
+        avg.average_models([a, b], [1, 1, 1])
+
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    na.save_model(a, first, training={"command": "python train.py --seed 0", "steps": 10})
+    na.save_model(b, second, training={"command": "python train.py --seed 1", "steps": 20})
+    out = tmp_path / "soup.safetensors"
+    assert avg.main([str(first), str(second), "-o", str(out)]) == 0
+    loaded = na.load_model(out)
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).denoised, mean.eval()(x).denoised, atol=1e-6)
+    training = loaded.metadata["training"]
+    assert training["steps"] == 20  # the last input's record, with the averaging step added
+    step = training["transformed"]
+    assert (
+        step["command"] == "python scripts/average_weights.py a.safetensors b.safetensors -o soup.safetensors"
+    )
+    assert [entry["training"]["steps"] for entry in step["averaged"]] == [10, 20]
+    untouched = out.read_bytes()
+    for argv in (
+        [str(first), str(second), "-o", str(out)],  # exists
+        [str(first), str(second), "-o", str(first)],  # one of the inputs
+        [str(first), "-o", str(tmp_path / "one.safetensors")],  # one input
+        [str(first), str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x.safetensors")],
+    ):
+        with pytest.raises(SystemExit):
+            avg.main(argv)
+    assert out.read_bytes() == untouched and not (tmp_path / "x.safetensors").exists()
+    assert "choose a new name" in capsys.readouterr().err
