@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if worse:
         raise SystemExit(f"refused: the model does not beat the noisy input at sigma {', '.join(worse)}")
     model.metadata = meta
-    na.save_model(model, dest, weights_dtype=args.weights_dtype)
+    na.save_model(model, dest, overwrite=True, weights_dtype=args.weights_dtype)
     print(f"wrote {dest}; self-check {json.dumps(meta['self_check'])}")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
 
 
 class CliError(Exception):
@@ -98,9 +100,50 @@ def _outputs_for(inputs: list[Path], output: Path, suffix: str) -> list[tuple[Pa
     return pairs
 
 
+def check_output_file(path: str | Path, overwrite: bool, option: str) -> Path:
+    """Refuse an output file up front, before any work: an existing file (without
+    ``--overwrite``) or a folder that does not exist."""
+    out = Path(path)
+    if out.is_dir():
+        raise CliError(f"{option} {out}: is a folder; give a file name")
+    if out.exists() and not overwrite:
+        raise CliError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise CliError(f"{option} {out}: folder {out.parent} does not exist")
+    return out
+
+
+def _destinations(
+    pairs: list[tuple[Path, Path]], output_format: str, explicit: bool
+) -> list[tuple[Path, Path]]:
+    """The files ``denoise`` writes, with the input's suffix for ``--output-format input``;
+    refuses two inputs that would write one file."""
+    from .engine.image_io import PLAIN_SUFFIXES
+
+    out: list[tuple[Path, Path]] = []
+    for src, dst in pairs:
+        if output_format == "input" and src.suffix.lower() in PLAIN_SUFFIXES:
+            if explicit and dst.suffix.lower() != src.suffix.lower():
+                raise CliError(
+                    f"--output-format input writes {src.name} as {src.suffix.lower()}, but --output "
+                    f"names {dst.name}; give a {src.suffix.lower()} name or drop --output-format"
+                )
+            dst = dst.with_suffix(src.suffix.lower())
+        out.append((src, dst))
+    seen: dict[Path, Path] = {}
+    for src, dst in out:
+        if dst in seen:
+            raise CliError(
+                f"{seen[dst]} and {src} would both be written to {dst}; "
+                "denoise them into separate output folders (nothing was written)"
+            )
+        seen[dst] = src
+    return out
+
+
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_denoise(args: argparse.Namespace) -> int:
-    from .engine.image_io import PLAIN_SUFFIXES, read_image, write_image
+    from .engine.image_io import PLAIN_SUFFIXES, check_plain_output, read_image, write_image
     from .engine.inference import denoise
 
     model = _load(args.model)
@@ -111,6 +154,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         if not p.exists():
             raise CliError(f"{p}: no such file or folder")
     pairs = _outputs_for(inputs, Path(args.output), ".tif")
+    explicit = len(pairs) == 1 and Path(args.output).suffix != "" and not Path(args.output).is_dir()
+    pairs = _destinations(pairs, args.output_format, explicit)
     for _src, dst in pairs:
         if dst.exists() and not args.overwrite:
             raise CliError(f"{dst} exists; pass --overwrite to replace it")
@@ -118,8 +163,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         Path(args.output).mkdir(parents=True, exist_ok=True)
     for src, dst in pairs:
         image = read_image(src)
-        if src.suffix.lower() in PLAIN_SUFFIXES and args.output_format == "input":
-            dst = dst.with_suffix(src.suffix.lower())
+        if dst.suffix.lower() in PLAIN_SUFFIXES:
+            check_plain_output(dst, image.data.dtype)
         axes = args.axes or image.axes or ("YXC" if image.rgb else None)
         bar = _Bar(src.name, args.quiet)
         t0 = time.perf_counter()
@@ -147,9 +192,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .engine.image_io import image_files, read_image
     from .engine.inference import predict
 
+    out = check_output_file(args.csv, args.overwrite, "--csv") if args.csv else None
     model = _load(args.model)
     if model.num_classes == 0:
-        raise CliError("this model has no classification head; use a model trained to classify")
+        raise CliError(
+            "this model has no classification head; give one trained to classify with --model"
+            + (f" (bundled: {', '.join(_bundled_classifiers())})" if _bundled_classifiers() else "")
+        )
     rows: list[list[Any]] = []
     for p in (Path(x) for x in args.inputs):
         if not p.exists():
@@ -162,17 +211,29 @@ def cmd_classify(args: argparse.Namespace) -> int:
             for i, row in enumerate(probs):
                 best = int(row.argmax())
                 rows.append([str(f), i, result.class_names[best], *(f"{v:.4f}" for v in row)])
-                _say(args, f"{f.name}[{i}]: {result.class_names[best]} ({row[best]:.3f})")
+                print(f"{f.name}[{i}]: {result.class_names[best]} ({row[best]:.3f})")  # a result
     header = ["file", "plane", "class", *[f"p_{n}" for n in model.class_names]]
-    if args.csv:
-        out = Path(args.csv)
-        if out.exists() and not args.overwrite:
-            raise CliError(f"{out} exists; pass --overwrite to replace it")
-        with open(out, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows(rows)
+    if out is not None:
+        from .engine.atomic import atomic_write_text
+
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        atomic_write_text(out, text.getvalue(), overwrite=args.overwrite)
+        _say(args, f"wrote {out}")
     return 0
+
+
+def _bundled_classifiers() -> list[str]:
+    """Names of the bundled models that have a classification head."""
+    from .engine.checkpoint import bundled_models, read_header
+
+    return [
+        name
+        for name, path in bundled_models().items()
+        if int(read_header(path)["config"].get("num_classes", 0) or 0) > 0
+    ]
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -252,23 +313,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.inference import denoise
 
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--output {out} is a file; the demo writes a folder of results")
     names = ["clean.tif", "noisy.tif", "denoised.tif", "residual.tif", "demo.png"]
     existing = [n for n in names if (out / n).exists()]
     if existing and not args.overwrite:
         raise CliError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
-    loader = getattr(skdata, args.image, None)
-    if loader is None:
-        raise CliError(
-            f"scikit-image has no sample image {args.image!r}; try camera, moon, coins or astronaut"
-        )
-    clean = np.asarray(loader(), dtype=np.float32)
-    if clean.ndim == 3:
-        clean = clean[..., :3].mean(axis=-1)
-    clean = clean / 255.0
+    clean = _demo_image(skdata, args.image)
+    model = _load(args.model)
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     noisy = (clean + rng.normal(0.0, args.sigma / 255.0, clean.shape)).astype(np.float32)
-    model = _load(args.model)
     bar = _Bar("denoise", args.quiet)
     t0 = time.perf_counter()
     try:
@@ -284,7 +339,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     panels = [clean, noisy, np.clip(result, 0, 1), np.clip(residual * 2 + 0.5, 0, 1)]
     gap = np.ones((clean.shape[0], 8), np.float32)
     strip = np.concatenate([p if i == 0 else np.concatenate([gap, p], 1) for i, p in enumerate(panels)], 1)
-    write_image(out / "demo.png", strip * 255, overwrite=True)
+    write_image(out / "demo.png", np.rint(strip * 255).astype(np.uint8), overwrite=True)
     scores = {}
     for label, arr in (("noisy", noisy), ("denoised", result)):
         a = np.clip(arr, 0, 1)
@@ -305,6 +360,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Names in ``skimage.data`` that are not sample images.
+_NOT_IMAGES = frozenset({"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"})
+
+
+def _demo_image(skdata: Any, name: str) -> Any:
+    """A scikit-image sample image as a 2-D float32 array on [0, 1] (colour averaged to grey)."""
+    import numpy as np
+
+    loader = getattr(skdata, name, None) if name in getattr(skdata, "__all__", ()) else None
+    if loader is None or name in _NOT_IMAGES or not callable(loader):
+        raise CliError(f"scikit-image has no sample image {name!r}; try camera, moon, coins or astronaut")
+    try:
+        image = loader()
+    except Exception as exc:  # e.g. a sample that needs a download, offline
+        raise CliError(
+            f"could not load scikit-image's {name!r} (some samples need a download): {exc}"
+        ) from exc
+    if not isinstance(image, np.ndarray) or not (
+        image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))
+    ):
+        raise CliError(f"scikit-image's {name!r} is not a 2-D grey or colour image; try camera or moon")
+    clean = np.asarray(image, dtype=np.float32)
+    if clean.ndim == 3:
+        clean = clean[..., :3].mean(axis=-1)
+    if image.dtype == bool:
+        return clean
+    if image.dtype.kind in "ui":
+        return clean / float(np.iinfo(image.dtype).max)
+    return np.clip(clean, 0.0, 1.0)
+
+
 # -- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -312,12 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Additive U-Net denoising and classification from the command line.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bars or messages (results still print)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     from napari_addunet.cli_training import add_ensemble_option
     from napari_addunet.cli_training import register as register_training
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, axes: bool = True) -> None:
         p.add_argument(
             "--model",
             "-m",
@@ -325,9 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="bundled model name or .safetensors file (default: bundled denoiser)",
         )
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-        p.add_argument(
-            "--axes", default=None, help="axes of the input, e.g. YX, ZYX, TYX, YXC, CYX (default: inferred)"
-        )
+        if axes:
+            p.add_argument(
+                "--axes",
+                default=None,
+                help="axes of the input, e.g. YX, ZYX, TYX, YXC, CYX (default: inferred)",
+            )
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.add_argument(
@@ -344,14 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-format",
         choices=["tiff", "input"],
         default="tiff",
-        help="tiff (float32, default) or the input's format for PNG/JPEG",
+        help="tiff: float32 TIFF (default); input: PNG/JPEG inputs are written in their own "
+        "format and integer range, with its suffix",
     )
     common(p)
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("classify", help="class probabilities per image or plane")
     p.add_argument("inputs", nargs="+")
-    p.add_argument("--csv", default=None, help="write a CSV table here")
+    p.add_argument("--csv", default=None, help="also write the results as a CSV table to this file")
     common(p)
     p.set_defaults(func=cmd_classify)
 
@@ -366,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default="camera", help="scikit-image sample image (default: camera)")
     p.add_argument("--sigma", type=float, default=25.0, help="Gaussian noise sigma on [0, 255]")
     p.add_argument("--seed", type=int, default=0)
-    common(p)
+    common(p, axes=False)
     p.set_defaults(func=cmd_demo)
 
     register_training(sub)
@@ -382,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-addunet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (``| head``): stop quietly, as shell tools do
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (CliError, ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError, OSError) as exc:
         if args.debug:
             raise

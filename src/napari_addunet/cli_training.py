@@ -248,6 +248,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings = {**state_config, **settings}
         if model_settings:
             raise _error("--resume continues the saved model; its 'model' settings cannot change")
+    lam = settings.get("lambda_cls") or 0
+    if isinstance(lam, int | float) and lam > 0 and not (args.labels or args.class_folders):
+        raise _error(
+            f"lambda {lam:g} adds a classification loss, which needs class labels: add --labels "
+            "FILE.csv or --class-folders, or set --lambda 0"
+        )
     data = _training_data(args)
     stop = threading.Event()
     gen = train_events(
@@ -332,11 +338,12 @@ def _guard(gen: Any) -> Any:
 
 # -- evaluate ---------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .cli import check_output_file
     from .engine.evaluation import evaluate
 
     sigmas = parse_sigmas(args.sigma)
-    if args.json and args.json != "-" and Path(args.json).exists() and not args.overwrite:
-        raise _error(f"{args.json} exists; pass --overwrite to replace it")
+    if args.json and args.json != "-":
+        check_output_file(args.json, args.overwrite, "--json")
     bar = None
 
     def progress(event: Any) -> None:
@@ -367,9 +374,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(report.to_json())
     else:
-        _say(args, report.table(per_image=not args.means_only))
+        print(report.table(per_image=not args.means_only), flush=True)  # the results, even with -q
         if args.json:
-            Path(args.json).write_text(report.to_json() + "\n", encoding="utf-8")
+            from .engine.atomic import atomic_write_text
+
+            atomic_write_text(args.json, report.to_json() + "\n", overwrite=args.overwrite)
             _say(args, f"wrote {args.json}")
     return 0
 
@@ -430,17 +439,49 @@ def register(subparsers: Any) -> None:
     m = p.add_argument_group("model and settings")
     m.add_argument("--arch", default=None, help="architecture (default addunet; see `napari-addunet info`)")
     m.add_argument("--config", metavar="FILE", help="JSON/TOML file: arch, [model] and [training] settings")
-    m.add_argument("--epochs", type=int)
-    m.add_argument("--steps", type=int, help="steps per epoch")
-    m.add_argument("--batch-size", type=int)
-    m.add_argument("--patch-size", type=int)
-    m.add_argument("--lr", type=float, help="peak learning rate")
-    m.add_argument("--sigma", help="Gaussian noise level on [0, 255]: 25, or a range 0:55 (blind)")
-    m.add_argument("--noise", choices=["gaussian", "poisson-gaussian"], help="synthetic noise model")
-    m.add_argument("--lambda", dest="lambda_cls", type=float, help="weight of the classification loss")
-    m.add_argument("--val-fraction", type=float, help="fraction of images held out for validation")
-    m.add_argument("--patience", type=int, help="early stopping after this many epochs without improvement")
-    m.add_argument("--seed", type=int)
+    import dataclasses
+
+    from .engine.training_config import TrainingConfig
+
+    default = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+
+    def d(name: str) -> str:
+        return (
+            f" (default: {default[name]:g})"
+            if isinstance(default[name], float)
+            else f" (default: {default[name]})"
+        )
+
+    m.add_argument("--epochs", type=int, help="epochs, each followed by validation" + d("epochs"))
+    m.add_argument("--steps", type=int, help="steps per epoch" + d("steps_per_epoch"))
+    m.add_argument("--batch-size", type=int, help="patches per step" + d("batch_size"))
+    m.add_argument("--patch-size", type=int, help="side of the training patches in pixels" + d("patch_size"))
+    m.add_argument("--lr", type=float, help="peak learning rate" + d("lr"))
+    m.add_argument(
+        "--sigma",
+        help="Gaussian noise level on [0, 255]: 25, or a range 0:55 (blind)"
+        + f" (default: {default['sigma_min']:g}:{default['sigma_max']:g})",
+    )
+    m.add_argument(
+        "--noise",
+        choices=["gaussian", "poisson-gaussian"],
+        help="synthetic noise model" + d("noise"),
+    )
+    m.add_argument(
+        "--lambda",
+        dest="lambda_cls",
+        type=float,
+        help="weight of the classification loss; needs --labels or --class-folders" + d("lambda_cls"),
+    )
+    m.add_argument(
+        "--val-fraction", type=float, help="fraction of images held out for validation" + d("val_fraction")
+    )
+    m.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping after this many epochs without improvement, 0 off" + d("patience"),
+    )
+    m.add_argument("--seed", type=int, help="seed of weights, patches and noise" + d("seed"))
     p.add_argument("--resume", action="store_true", help="continue the training saved in --output")
     p.add_argument("--output", "-o", required=True, help="the model file to write (.safetensors)")
     hidden_common(p, None)
@@ -454,9 +495,15 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--model", "-m", default=None, help="bundled model name or .safetensors file")
     p.add_argument("--images", nargs="+", required=True, help="folder(s) or files of 8-bit grey images")
-    p.add_argument("--sigma", default="15,25,50", help="noise levels on [0, 255], comma-separated")
+    p.add_argument(
+        "--sigma", default="15,25,50", help="noise levels on [0, 255], comma-separated (default: 15,25,50)"
+    )
     p.add_argument("--json", default=None, help="write the results as JSON to this file ('-': stdout only)")
-    p.add_argument("--means-only", action="store_true", help="print only the mean per noise level")
+    p.add_argument(
+        "--means-only",
+        action="store_true",
+        help="print only the mean per noise level (the --json file keeps every image)",
+    )
     add_ensemble_option(p)
     hidden_common(p, "cpu")
     p.set_defaults(func=cmd_evaluate)

@@ -49,7 +49,7 @@ def test_write_is_atomic_and_keeps_old_file_on_failure(model, tmp_path, monkeypa
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
     with pytest.raises(OSError, match="disk full"):
-        na.save_model(model, path, training={"new": True})
+        na.save_model(model, path, overwrite=True, training={"new": True})
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
 
@@ -62,7 +62,7 @@ def test_half_size_storage_refuses_bad_names_and_overflow_and_keeps_the_old_file
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] = 1e6  # beyond float16's 65504
     with pytest.raises(CheckpointError, match="does not fit in float16"):
-        na.save_model(model, path, weights_dtype="float16")
+        na.save_model(model, path, overwrite=True, weights_dtype="float16")
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
     # bfloat16 has float32's range: the same weights store
@@ -73,10 +73,28 @@ def test_half_size_storage_refuses_bad_names_and_overflow_and_keeps_the_old_file
     )
 
 
-def test_refuse_to_overwrite_when_asked(model, tmp_path):
+def test_an_existing_file_is_kept_unless_overwrite_is_given(model, tmp_path):
     path = na.save_model(model, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    model.set_gates([0.5, 0.5, 0.5])
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        na.save_model(model, path)
     with pytest.raises(FileExistsError):
         na.save_model(model, path, overwrite=False)
+    assert path.read_bytes() == before
+    na.save_model(model, path, overwrite=True)
+    assert na.load_model(path).gates == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_a_misspelt_option_is_refused_not_stored_as_metadata(model, tmp_path):
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(TypeError, match="did you mean weights_dtype="):
+        na.save_model(model, path, weight_dtype="float16")
+    with pytest.raises(TypeError, match="did you mean overwrite="):
+        na.save_model(model, path, overwrites=True)
+    assert not path.exists()
+    na.save_model(model, path, weights_dtype="float16", weights={"note": "a key of its own"})
+    assert na.read_header(path)["metadata"]["weights"] == {"note": "a key of its own"}
 
 
 def test_wrong_suffix(model, tmp_path):

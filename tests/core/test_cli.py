@@ -194,3 +194,147 @@ def test_demo_writes_results_and_improves_psnr(tmp_path, capsys):
     )
     np.testing.assert_allclose(res, noisy - den, atol=1e-5)
     assert main(["demo", "--output", str(out)]) == 2
+
+
+def test_denoise_refuses_png_for_float_input_and_keeps_integer_png(tiny_model, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    floats = tmp_path / "noisy.tif"
+    tifffile.imwrite(floats, np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    for name, extra in (("o8.png", []), ("o.jpg", [])):
+        assert (
+            main(["-q", "denoise", str(floats), "-o", str(tmp_path / name), "-m", str(tiny_model), *extra])
+            == 2
+        )
+        assert "PNG and JPEG store integers, but the input is float32" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
+    ints = tmp_path / "cam.png"
+    iio.imwrite(ints, skdata.camera()[:48, :48])
+    out = tmp_path / "den.png"
+    assert main(["-q", "denoise", str(ints), "-o", str(out), "-m", str(tiny_model)]) == 0
+    result = iio.imread(out)
+    assert result.dtype == np.uint8 and result.shape == (48, 48)
+    source = skdata.camera()[:48, :48].astype(float)
+    assert abs(result.mean() - source.mean()) < 30  # the image's range, not values crushed to 0 and 1
+
+
+def test_denoise_refuses_inputs_that_would_write_one_file_before_writing_any(tiny_model, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    tif, png = tmp_path / "noisy.tif", tmp_path / "noisy.png"
+    tifffile.imwrite(tif, np.zeros((16, 16), np.float32))
+    iio.imwrite(png, np.zeros((16, 16), np.uint8))
+    out = tmp_path / "out"
+    for extra in ([], ["--overwrite"]):
+        assert main(["-q", "denoise", str(tif), str(png), "-o", str(out), "-m", str(tiny_model), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "would both be written to" in err and "noisy.tif" in err
+        assert not out.exists() or not any(out.iterdir())
+    # with --output-format input the PNG keeps its own format, so the names differ
+    argv = [
+        "-q",
+        "denoise",
+        str(tif),
+        str(png),
+        "-o",
+        str(out),
+        "-m",
+        str(tiny_model),
+        "--output-format",
+        "input",
+    ]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["noisy.png", "noisy.tif"]
+    # an explicit file name that contradicts --output-format input is refused, not renamed
+    named = tmp_path / "named.tif"
+    argv = ["-q", "denoise", str(png), "-o", str(named), "-m", str(tiny_model), "--output-format", "input"]
+    assert main(argv) == 2
+    assert "give a .png name or drop --output-format" in capsys.readouterr().err
+    assert not named.exists() and not named.with_suffix(".png").exists()
+
+
+def test_quiet_keeps_the_results_of_classify_and_evaluate(tiny_model, stack_tif, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    src, _ = stack_tif
+    assert main(["-q", "classify", str(src), "-m", str(tiny_model), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stack.tif[") == 3
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    iio.imwrite(grey / "cam.png", skdata.camera()[:32, :32])
+    assert main(["-q", "evaluate", "-m", str(tiny_model), "--images", str(grey), "--sigma", "25"]) == 0
+    captured = capsys.readouterr()
+    assert "cam.png" in captured.out and "25" in captured.out
+    assert captured.err == ""  # no progress bar
+
+
+def test_output_files_in_missing_folders_are_refused_before_any_work(tiny_model, stack_tif, tmp_path, capsys):
+    src, _ = stack_tif
+    missing = tmp_path / "nodir"
+    assert main(["classify", str(src), "-m", str(tiny_model), "--csv", str(missing / "c.csv")]) == 2
+    assert f"folder {missing} does not exist" in capsys.readouterr().err
+    assert (
+        main(["evaluate", "-m", str(tiny_model), "--images", str(src), "--json", str(missing / "r.json")])
+        == 2
+    )
+    captured = capsys.readouterr()
+    assert f"--json {missing / 'r.json'}: folder {missing} does not exist" in captured.err
+    assert captured.out == ""  # refused before evaluating
+    existing = tmp_path / "keep.csv"
+    existing.write_text("mine\n")
+    assert main(["classify", str(src), "-m", str(tiny_model), "--csv", str(existing)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert existing.read_text() == "mine\n" and not missing.exists()
+
+
+def test_classify_without_head_names_the_bundled_classifier(tmp_path, capsys):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, np.zeros((28, 28), np.float32))
+    assert main(["classify", str(img)]) == 2  # the default model is the bundled denoiser
+    err = capsys.readouterr().err
+    assert "no classification head" in err and "addunet-fashion-mnist" in err
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("data_dir", "has no sample image 'data_dir'"),
+        ("download_all", "has no sample image 'download_all'"),
+        ("nonsense", "has no sample image 'nonsense'"),
+        ("lfw_subset", "'lfw_subset' is not a 2-D grey or colour image"),
+    ],
+)
+def test_demo_refuses_what_is_not_a_sample_image_and_leaves_no_folder(tmp_path, capsys, image, message):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--image", image, "--device", "cpu"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_demo_has_no_axes_option(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--output", str(tmp_path / "d"), "--axes", "ZYX"])
+    assert "unrecognized arguments: --axes" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tiny_model):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from napari_addunet.cli import main; raise SystemExit(main())",
+            "info",
+            str(tiny_model),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before the command writes, as with `| head -0`
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err

@@ -479,7 +479,7 @@ class TrainWidget(QWidget):
             show_error("There is no active model to save; train or load one first")
             return False
         try:
-            saved = save_model(model, path)
+            saved = save_model(model, path, overwrite=True)  # the file dialog asked first
         except (CheckpointError, OSError, ValueError) as exc:
             show_error(f"Could not save the model: {exc}")
             return False

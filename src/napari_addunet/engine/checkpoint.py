@@ -121,11 +121,27 @@ def _stored(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     return out
 
 
+_SAVE_OPTIONS = ("overwrite", "weights_dtype")
+
+
+def _refuse_misspelt_options(metadata: dict[str, Any]) -> None:
+    """Raise TypeError for a metadata key that looks like a misspelt option of :func:`save_model`."""
+    import difflib
+
+    for key in metadata:
+        close = difflib.get_close_matches(key, _SAVE_OPTIONS, n=1, cutoff=0.8)
+        if close:
+            raise TypeError(
+                f"save_model() got {key}={metadata[key]!r}, which would be stored as metadata; "
+                f"did you mean {close[0]}=? (nothing was written)"
+            )
+
+
 def save_model(
     model: DenoiserModel,
     path: str | os.PathLike,
     *,
-    overwrite: bool = True,
+    overwrite: bool = False,
     weights_dtype: str | None = None,
     **metadata: Any,
 ) -> Path:
@@ -138,7 +154,8 @@ def save_model(
     path
         Target file; must end in ``.safetensors``. Written atomically (temporary file, then rename).
     overwrite
-        If False, refuse to replace an existing file.
+        Replace an existing file (atomically). By default an existing file is refused
+        (:class:`FileExistsError`) and left as it is.
     weights_dtype
         ``None`` or ``"float32"`` (default) stores the weights as they are; ``"float16"`` or
         ``"bfloat16"`` stores floating-point weights at half the size (integer buffers are kept).
@@ -147,7 +164,8 @@ def save_model(
     **metadata
         Extra information stored with the model and merged into ``model.metadata``
         (e.g. ``normalization={...}``, ``class_names=[...]``, ``training={...}``).
-        Values must be JSON-serialisable.
+        Values must be JSON-serialisable. A key that is a near-miss of a parameter name
+        (``weight_dtype``, ``overwrites``) is refused as a likely typo.
 
     Returns
     -------
@@ -158,14 +176,15 @@ def save_model(
 
     if not isinstance(model, DenoiserModel):
         raise TypeError(f"save_model expects a napari-addunet model, got {type(model).__name__}")
+    _refuse_misspelt_options(metadata)
     path = Path(path)
     if path.suffix != SUFFIX:
         raise CheckpointError(f"checkpoint files end in {SUFFIX!r}; got {path.name!r}")
+    dtype = storage_dtype(weights_dtype)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise CheckpointError(f"folder {path.parent} does not exist")
-    dtype = storage_dtype(weights_dtype)
     tensors = {k: _stored(k, v, dtype) for k, v in model.state_dict().items()}
     merged = {**model.metadata, **metadata}
     header = {

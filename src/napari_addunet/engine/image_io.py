@@ -124,17 +124,39 @@ def _read_tiff(path: Path) -> ImageFile:
     )
 
 
+def check_plain_output(path: str | os.PathLike, source_dtype: Any) -> None:
+    """Refuse a PNG/JPEG output for a floating-point source: those formats store integers.
+
+    Raises
+    ------
+    ImageIOError
+        ``source_dtype`` is not an integer type.
+    """
+    dtype = np.dtype(source_dtype)
+    if dtype.kind not in "ui":
+        raise ImageIOError(
+            f"{Path(path).name}: PNG and JPEG store integers, but the input is {dtype} "
+            "(floating point), and rounding the result would destroy it; write a .tif (float32) "
+            "instead (nothing was written)"
+        )
+
+
 def write_image(
     path: str | os.PathLike, data: np.ndarray, like: ImageFile | None = None, *, overwrite: bool = False
 ) -> Path:
     """Write ``data`` to ``path`` atomically; TIFF keeps the source's resolution and ImageJ spacing.
 
-    PNG/JPEG outputs are clipped to the source's integer range (uint8 by default).
+    PNG/JPEG store integers: results of an integer source are rounded and clipped to the
+    source's range; integer ``data`` without a source is written as it is; floating-point
+    results of a floating-point source (or none) are refused (:class:`ImageIOError`), since
+    rounding them would destroy them; write a TIFF instead.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TIFF_SUFFIXES | PLAIN_SUFFIXES:
         raise ImageIOError(f"{path.name}: can write TIFF, PNG or JPEG, not {suffix or '(no suffix)'}")
+    if suffix in PLAIN_SUFFIXES:
+        check_plain_output(path, like.data.dtype if like is not None else np.asarray(data).dtype)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
@@ -158,9 +180,7 @@ def write_image(
         else:
             from PIL import Image
 
-            dtype = np.dtype(like.data.dtype) if like is not None else np.dtype(np.uint8)
-            if dtype.kind not in "ui":
-                dtype = np.dtype(np.uint8)
+            dtype = np.dtype(like.data.dtype) if like is not None else np.asarray(data).dtype
             info = np.iinfo(dtype)
             arr = np.clip(np.rint(np.asarray(data)), info.min, info.max).astype(dtype)
             Image.fromarray(arr).save(tmp)
