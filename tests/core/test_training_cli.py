@@ -124,7 +124,10 @@ def test_noisy_only_pairs_and_class_folders(run, images, config, tmp_path, capsy
         (["--clean", "IMG", "--pairs", "IMG"], "use it with --noisy"),
         (["--clean", "IMG", "--sigma", "x"], "--sigma takes a level or a range"),
         (["--clean", "IMG", "--sigma", "40:10"], "--sigma needs 0 <= low <= high <= 255"),
-        (["--clean", "IMG", "--lambda", "1"], "lambda 1 adds a classification loss, which needs class labels: add --labels"),
+        (
+            ["--clean", "IMG", "--lambda", "1"],
+            "lambda 1 adds a classification loss, which needs class labels: add --labels",
+        ),
         (["--clean", "IMG", "--labels", "LABELS"], "labels do not match the images: no label for im3.png"),
         (["--clean", "IMG", "--patch-size", "64"], "smaller than the 64x64 patch"),
         (["--clean", "IMG", "--epochs", "0"], "training.epochs must be >= 1"),
