@@ -39,6 +39,19 @@ def test_import_pulls_no_torch_and_no_qt():
     assert not loaded.intersection(HEAVY), f"import {PACKAGE} imported {sorted(loaded.intersection(HEAVY))}"
 
 
+def test_engine_modules_are_reachable_as_attributes_after_the_plain_import():
+    code = (
+        f"import {PACKAGE} as na\n"
+        "assert na.engine.axes.infer_axes((30, 40)) == 'YX'\n"
+        "assert callable(na.engine.readout.compare) and callable(na.engine.noise_estimate.estimate_sigma)\n"
+        "assert na.models.addunet.AddUNet.__name__ == 'AddUNet'\n"
+        "try:\n    na.engine.no_such_module\nexcept AttributeError as e:\n    assert 'no_such_module' in str(e)\n"
+        "else:\n    raise SystemExit('no AttributeError')\n"
+    )
+    assert PACKAGE in _imported_after(code)
+    assert not _imported_after(f"import {PACKAGE}\n{PACKAGE}.engine").intersection(HEAVY)  # the package alone
+
+
 def test_sample_data_pulls_no_torch_and_no_qt():
     code = f"from {PACKAGE} import _sample_data as s\nassert len(s.noisy_2d() + s.noisy_3d()) == 4"
     loaded = _imported_after(code)

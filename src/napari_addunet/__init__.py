@@ -62,7 +62,14 @@ _LAZY = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 
+#: sub-packages reachable as attributes (``napari_addunet.engine.readout.compare``), imported
+#: on first access like the names above
+_SUBPACKAGES = ("engine", "models")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'napari_addunet' has no attribute {name!r}")
@@ -72,7 +79,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

@@ -1,4 +1,9 @@
-"""Pure-torch model zoo: registry, configs and architectures."""
+"""Pure-torch model zoo: registry, configs and architectures.
+
+Each architecture's module is also reachable as an attribute (``napari_addunet.models.addunet``).
+"""
+
+from napari_addunet._lazy import submodule_loader
 
 from .base import DenoiserModel, InputShapeError
 from .config import ConfigError, ModelConfig
@@ -29,3 +34,5 @@ __all__ = [
     "model_summaries",
     "register_model",
 ]
+
+__getattr__ = submodule_loader(__name__)
