@@ -341,6 +341,22 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path):
     assert more.step == 10 and len(more.history) == 2
 
 
+def test_resume_applies_new_training_settings_and_refuses_new_model_settings(tmp_path):
+    out = tmp_path / "m.safetensors"
+    train(small_data(), tiny(), dict(SMALL, epochs=1), output=out)
+    before = out.read_bytes()
+    with pytest.raises(DataError, match="cannot resume with model_settings: .*width"):
+        train(small_data(), "addunet", resume=out, epochs=2, model_settings={"width": 8})
+    assert out.read_bytes() == before
+    more = train(small_data(), resume=out, epochs=2, lr=3e-4)
+    assert more.step == 10
+    assert loads(load_state(out)["config"])["lr"] == 3e-4  # saved with the state
+    other = tmp_path / "n.safetensors"
+    train(small_data(), tiny(), dict(SMALL, epochs=1), output=other)
+    plain = train(small_data(), resume=other, epochs=2).history[-1]["lr"]
+    assert more.history[-1]["lr"] == pytest.approx(plain * 3e-4 / SMALL["lr"])  # the schedule uses it
+
+
 def test_same_seed_same_weights_other_seed_other_weights():
     a = train(small_data(), tiny(), SMALL)
     b = train(small_data(), tiny(), SMALL)

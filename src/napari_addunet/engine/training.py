@@ -401,6 +401,11 @@ class _Run:
             arch = self.state_in["architecture"]
             if model is not None and str(model).lower() != arch:
                 raise DataError(f"cannot resume a {arch} run with architecture {model!r}")
+            if settings:
+                raise DataError(
+                    "cannot resume with model_settings: a resume continues the saved model "
+                    f"(got {', '.join(sorted(settings))}); start a new run to change the model"
+                )
             built = create_model_from_config(make_config(arch, loads(self.state_in["model_config"])))
             built.metadata = loads(self.state_in["metadata"])
             return built
