@@ -139,7 +139,10 @@ class Session:
 
     @device.setter
     def device(self, value: str) -> None:
+        from .engine.devices import resolve_device
+
         value = str(value)
+        resolve_device(value)  # DeviceError for a name that is unknown or not present here
         if value != self._device:
             self._device = value
             self.notify("device")
@@ -263,7 +266,12 @@ def session(viewer: Any = None) -> Session:
     if hit is not None and hit[0]() is viewer:
         return hit[1]
     state = Session()
-    ref = weakref.ref(viewer, lambda _r, key=key: _drop(key, _r))
+    try:
+        ref = weakref.ref(viewer, lambda _r, key=key: _drop(key, _r))
+    except TypeError:  # numbers, strings, ...
+        raise TypeError(
+            f"session() takes a napari viewer, got {type(viewer).__name__}: {viewer!r:.60}"
+        ) from None
     _SESSIONS[key] = (ref, state)
     return state
 

@@ -389,6 +389,10 @@ def test_cancel_event_stops_within_one_tile(model):
                 model, x, axes="ZYX", tile=24, overlap=10, device="cpu", cancel=cancel, progress=on_progress
             )
         assert counter.calls == 3  # no tile after the one that saw the cancel
+        counter.calls = 0  # a cancel set before the call: no tile runs, and the message says so
+        with pytest.raises(InferenceCancelled, match="cancelled before the first tile; no result"):
+            denoise(model, x, axes="ZYX", tile=24, overlap=10, device="cpu", cancel=cancel)
+        assert counter.calls == 0
         # cancel arriving *during* a tile (another thread): that tile finishes, no more start
         counter.calls = 0
         cancel.clear()

@@ -60,6 +60,11 @@ def test_model_changes_notify_observers(tmp_path):
     unsubscribe()
     state.device = "cpu"
     assert seen == ["model", "gates", "model"]
+    with pytest.raises(napari_addunet.DeviceError, match="unknown device 'gpu'"):
+        state.device = "gpu"
+    assert state.device == "cpu"
+    with pytest.raises(TypeError, match="takes a napari viewer, got int"):
+        session(42)
     # load from a file; a broken file leaves the active model alone
     path = save_model(model, tmp_path / "m.safetensors")
     assert state.load(path) is state.model and state.model_source == str(path)

@@ -384,11 +384,12 @@ def iter_denoise(
         "ensemble": ensemble,
     }
 
-    def check_cancel(done: int, total: int) -> None:
+    def check_cancel(done: int | None = None, total: int | None = None) -> None:
         if cancel is not None and cancel.is_set():
-            raise InferenceCancelled(f"cancelled after {done} of {total} tiles; no result was produced")
+            where = f"after {done} of {total} tiles" if total else "before the first tile"
+            raise InferenceCancelled(f"cancelled {where}; no result was produced")
 
-    check_cancel(0, 0)
+    check_cancel()
     # 1. NaN / Inf (eager: one pass now, naming the count; lazy: block by block later).
     float_input = dtype.kind == "f"
     if float_input and nan_policy == "raise" and not lazy:
@@ -396,14 +397,14 @@ def iter_denoise(
         count, first = 0, None
         for done, count, first in scan_nonfinite(data, layout):  # noqa: B007 - kept after the loop
             yield Progress(done, n_stack, None, "checking the input for NaN/Inf")
-            check_cancel(0, 0)
+            check_cancel()
         if count:
             raise NonFiniteError(nonfinite_message(count, math.prod(shape), ax, first))
     # 2. Intensity statistics, once for the whole array.
     yield Progress(0, 1, None, f"computing intensity statistics ({norm_spec['method']})")
     normalizer = compute_normalizer(data, layout, norm_spec, need_fill=float_input and nan_policy != "raise")
     details["normalizer"] = {"offset": normalizer.offset, "scale": normalizer.scale}
-    check_cancel(0, 0)
+    check_cancel()
     class_names = list(model.class_names) if want_classes else None
 
     if lazy:
