@@ -316,7 +316,9 @@ def test_rows_scored_on_earlier_weights_are_marked_and_left_out_of_the_statement
         doc["methods"][m.name] = {**den.measure(m, datasets, (25.0,), tmp_path), "name": m.name}
     assert not any(den.earlier_weights(e) for e in doc["methods"].values())
     old_sha = doc["methods"]["tiny-x2"]["sha256"]
-    na.save_model(na.create_model("addunet", width=4, kernels=(3, 3)), model_file, overwrite=True)  # new weights
+    na.save_model(
+        na.create_model("addunet", width=4, kernels=(3, 3)), model_file, overwrite=True
+    )  # new weights
     den._SHA_NOW.clear()
     m = den.Method("tiny-x1", "model", "tiny", source=str(model_file), file=model_file)
     doc["methods"]["tiny-x1"] = {**den.measure(m, datasets, (25.0,), tmp_path), "name": "tiny-x1"}
