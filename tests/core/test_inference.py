@@ -450,3 +450,68 @@ def test_bad_settings_are_clear(model):
         denoise(model, object(), device="cpu")
     with pytest.raises(ValueError, match="out has shape"):
         denoise(model, x, device="cpu", out=np.zeros((3, 3), np.float32))
+
+
+def test_out_must_be_a_writable_float_array_of_a_computed_result(model):
+    import dask.array as da
+
+    x = np.random.default_rng(3).random((2, 30, 30)).astype(np.float32)
+    for bad, error, message in (
+        (np.zeros((2, 30, 30), np.uint8), ValueError, "floating-point array .* got uint8"),
+        (np.zeros((2, 30, 30), np.int16), ValueError, "got int16"),
+        ([[0.0] * 30] * 30, TypeError, "writable array .* got list"),
+    ):
+        with pytest.raises(error, match=message):
+            denoise(model, x, axes="ZYX", device="cpu", out=bad)
+    frozen = np.zeros((2, 30, 30), np.float32)
+    frozen.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        denoise(model, x, axes="ZYX", device="cpu", out=frozen)
+    lazy_in = da.from_array(x, chunks=(1, 30, 30))
+    target = np.zeros((2, 30, 30), np.float32)
+    with pytest.raises(ValueError, match="pass lazy=False"):
+        denoise(model, lazy_in, axes="ZYX", device="cpu", out=target)
+    with pytest.raises(ValueError, match="pass lazy=False"):
+        denoise(model, x, axes="ZYX", device="cpu", out=target, lazy=True)
+    assert not target.any()
+    assert denoise(model, lazy_in, axes="ZYX", device="cpu", out=target, lazy=False) is target
+    np.testing.assert_allclose(target, denoise(model, x, axes="ZYX", device="cpu"), atol=1e-5)
+    wide = np.zeros((2, 30, 30), np.float64)  # another float type is filled too
+    assert denoise(model, x, axes="ZYX", device="cpu", out=wide) is wide
+    np.testing.assert_allclose(wide, target, atol=1e-5)
+
+
+def test_results_beyond_float32_are_refused_not_infinite(model):
+    big = np.random.default_rng(4).random((16, 16)) * 1e39  # float64, finite
+    with pytest.raises(NormalizationError, match="beyond float32's range"):
+        denoise(model, big, device="cpu")
+    with pytest.raises(NormalizationError, match="beyond float32's range .* normalization is 'none'"):
+        denoise(model, big, device="cpu", normalization="none")
+    assert np.isfinite(denoise(model, big * 1e-9, device="cpu")).all()
+
+
+def test_normalization_refuses_unknown_keys_and_takes_numpy_numbers(model):
+    x = np.random.default_rng(5).random((16, 16)).astype(np.float32)
+    with pytest.raises(NormalizationError, match="unknown normalization keys 'lo', 'hi'; the keys are"):
+        denoise(model, x, device="cpu", normalization={"method": "range", "lo": 0, "hi": 1})
+    a = denoise(model, x, device="cpu", normalization={"low": np.float32(1), "high": np.int64(99)})
+    b = denoise(model, x, device="cpu", normalization={"low": 1, "high": 99})
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("arch", ["autoencoder", "unet", "dncnn"])
+def test_predict_with_a_head_on_models_with_or_without_encode_decode(arch):
+    from napari_addunet.models import get_config_class
+
+    small = {"autoencoder": {"base_width": 4, "depth": 2}, "unet": {"base_width": 4, "depth": 2}}
+    settings = {**small.get(arch, {}), "num_classes": 3}
+    if arch == "dncnn":
+        settings.update(depth=3, width=4)
+    assert "num_classes" in get_config_class(arch).field_names()
+    torch.manual_seed(0)
+    net = create_model(arch, **settings)
+    x = np.random.default_rng(6).random((32, 32)).astype(np.float32)
+    result = predict(net, x, device="cpu")
+    assert result.probabilities.shape == (1, 3)
+    np.testing.assert_allclose(result.probabilities.sum(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(result.denoised, denoise(net, x, device="cpu"), atol=1e-6)

@@ -97,7 +97,8 @@ class PredictResult:
     ----------
     denoised
         float32 array shaped like the input, in the input's intensity units (a lazy dask
-        array for dask input unless ``lazy=False``).
+        array for dask input unless ``lazy=False``; the ``out`` array, of its own
+        floating-point dtype, when one is given).
     probabilities
         ``(n_planes, num_classes)`` class probabilities, one row per plane in C order of
         :attr:`plane_axes`, or None when the model has no classification head or
@@ -192,6 +193,26 @@ def _int_setting(name: str, value: Any, minimum: int) -> int:
 
 
 # -- the generator ------------------------------------------------------------------------------
+def _check_out(out: Any, shape: tuple[int, ...], lazy: bool) -> None:
+    """Refuse an ``out=`` that the result cannot be written into as it is."""
+    if lazy:
+        raise ValueError(
+            "out= needs a result computed now, but this one is lazy (dask); pass lazy=False to "
+            "write it into out, or leave out unset"
+        )
+    if not (hasattr(out, "shape") and hasattr(out, "dtype") and hasattr(out, "__setitem__")):
+        raise TypeError(f"out must be a writable array (numpy, memmap, zarr), got {type(out).__name__}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)} but the input has shape {shape}")
+    if np.dtype(out.dtype).kind != "f":
+        raise ValueError(
+            f"out must be a floating-point array (results are float32), got {np.dtype(out.dtype)}: "
+            "integers would wrap or lose the values"
+        )
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("out is read-only; pass a writable array")
+
+
 def iter_denoise(
     model: DenoiserModel | str | Any,
     data: Any,
@@ -259,8 +280,9 @@ def iter_denoise(
         None: lazy (dask) result for dask input, else computed now. True: always return a
         dask array (not with ``classify``). False: compute now even for dask input.
     out
-        Optional array (numpy, memmap, zarr) of the input's shape to write the result into,
-        for results larger than memory; returned as ``denoised``.
+        Optional floating-point array (numpy, memmap, zarr) of the input's shape to write the
+        result into, for results larger than memory; returned as ``denoised``. Not with a lazy
+        result (pass ``lazy=False`` for dask input).
     precision
         ``"auto"`` (CUDA: bfloat16 where supported, else float16, unless the model's metadata
         has ``"autocast": False``; other devices: float32), ``"float32"``, ``"float16"``,
@@ -309,8 +331,8 @@ def iter_denoise(
         lazy = dask_input and not classify
     if lazy and classify:
         raise ValueError("classify=True computes the result now; pass lazy=False (or leave lazy unset)")
-    if out is not None and not lazy and tuple(out.shape) != shape:
-        raise ValueError(f"out has shape {tuple(out.shape)} but the input has shape {shape}")
+    if out is not None:
+        _check_out(out, shape, lazy)
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -47,6 +47,10 @@ SAMPLE_SIZE = 2**22
 SAMPLE_PLANES = 32
 
 
+#: The largest finite float32, the type of every result.
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 class NormalizationError(ValueError):
     """A normalisation setting is invalid, or the data cannot be normalised."""
 
@@ -115,6 +119,12 @@ def parse_normalization(spec: Mapping[str, Any] | str | None) -> dict[str, Any]:
             f"normalization must be a dict such as {DEFAULT_NORMALIZATION} or a method name, "
             f"got {type(spec).__name__}"
         )
+    unknown = [str(k) for k in spec if k not in ("method", "low", "high")]
+    if unknown:
+        raise NormalizationError(
+            f"unknown normalization key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            "the keys are 'method', 'low' and 'high'"
+        )
     method = str(spec.get("method", "percentile")).lower()
     if method not in METHODS:
         raise NormalizationError(f"unknown normalization method {method!r}; use one of {', '.join(METHODS)}")
@@ -125,8 +135,11 @@ def parse_normalization(spec: Mapping[str, Any] | str | None) -> dict[str, Any]:
         low = DEFAULT_NORMALIZATION["low"] if low is None else low
         high = DEFAULT_NORMALIZATION["high"] if high is None else high
     for name, v in (("low", low), ("high", high)):
+        if isinstance(v, np.generic) and np.dtype(type(v)).kind in "uif":
+            v = v.item()  # numpy scalars (np.float32(1)) are numbers too
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise NormalizationError(f"normalization {name!r} must be a finite number, got {v!r}")
+        low, high = (v, high) if name == "low" else (low, v)
     if method == "percentile":
         if not 0 <= low < high <= 100:
             raise NormalizationError(
@@ -168,6 +181,11 @@ class Normalizer:
         y = np.asarray(x, dtype=wd)
         if self.method != "none":
             y = (y - wd(self.offset[group])) * wd(1.0 / self.scale[group])
+        elif wd is np.float64 and y.size and np.nanmax(np.abs(np.where(np.isfinite(y), y, 0))) > F32_MAX:
+            raise NormalizationError(
+                f"the input reaches values beyond float32's range ({F32_MAX:.3g}), which the model "
+                "computes in, and normalization is 'none'; scale the input down or normalise it"
+            )
         return y.astype(np.float32, copy=False)
 
     def inverse(self, y: np.ndarray, group: int = 0, wide: bool = False) -> np.ndarray:
@@ -176,6 +194,11 @@ class Normalizer:
             return np.asarray(y, dtype=np.float32)
         wd = np.float64 if wide else np.float32
         out = np.asarray(y, dtype=wd) * wd(self.scale[group]) + wd(self.offset[group])
+        if wd is np.float64 and out.size and np.nanmax(np.abs(out)) > F32_MAX:
+            raise NormalizationError(
+                f"the result reaches {np.nanmax(np.abs(out)):.3g}, beyond float32's range "
+                f"({F32_MAX:.3g}), which the result is stored in; scale the input down first"
+            )
         return out.astype(np.float32, copy=False)
 
 

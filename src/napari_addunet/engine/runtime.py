@@ -127,7 +127,9 @@ def make_forward(
     input (see :mod:`~napari_addunet.engine.ensemble`); the features for classification come
     from the untransformed input only.
     """
-    split = hasattr(model, "encode") and hasattr(model, "decode")
+    from napari_addunet.models.addunet import AddUNet
+
+    split = isinstance(model, AddUNet)  # gates and cached features: AddUNet's encode / decode
     gate_list = None if gates is None else list(gates)
 
     def image_only(x: torch.Tensor) -> torch.Tensor:
