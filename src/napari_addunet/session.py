@@ -141,7 +141,7 @@ class Session:
     def device(self, value: str) -> None:
         from .engine.devices import resolve_device
 
-        value = str(value)
+        value = "auto" if value is None else str(value)
         resolve_device(value)  # DeviceError for a name that is unknown or not present here
         if value != self._device:
             self._device = value
@@ -153,7 +153,12 @@ class Session:
 
     @gates.setter
     def gates(self, values: Any) -> None:
-        new = None if values is None else tuple(float(v) for v in values)
+        """Gates chosen for the active AddUNet (None: its learned ones); checked against it."""
+        from .engine.inference import check_gates
+
+        if values is not None and self.model is None:
+            raise ValueError("there is no active model to choose gates for; load or train one first")
+        new = None if values is None else check_gates(self.model, values)
         if new != self._gates:
             self._gates = new
             self.notify("gates")

@@ -208,3 +208,27 @@ def test_bundled_models_name_no_machine_path(name):
     from napari_addunet.engine.checkpoint import local_paths
 
     assert local_paths(na.load_model(name).metadata) == []
+
+
+def test_malformed_metadata_the_engine_reads_is_refused_before_writing(tmp_path):
+    model = na.create_model("addunet", width=4, kernels=(3,), num_classes=2)
+    path = tmp_path / "m.safetensors"
+    for bad, message in (
+        ({"normalization": {"method": "bogus"}}, "metadata 'normalization': unknown normalization method"),
+        ({"normalization": {"method": "range", "lo": 0}}, "unknown normalization key 'lo'"),
+        ({"class_names": 5}, "must be a list of names, got int"),
+        ({"class_names": "ab"}, "must be a list of names, got str"),
+        ({"class_names": ["a", 1]}, "must hold strings"),
+        ({"class_names": ["a", "b", "c"]}, "has 3 names but the model has 2 classes"),
+    ):
+        with pytest.raises(CheckpointError, match=message):
+            na.save_model(model, path, **bad)
+        assert not path.exists() and model.metadata == {}  # the caller's model is unchanged too
+    folder = tmp_path / "d.safetensors"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        na.save_model(model, folder, overwrite=True)
+    na.save_model(
+        model, path, class_names=["a", "b"], normalization={"method": "range", "low": 0, "high": 255}
+    )
+    assert na.load_model(path).class_names == ["a", "b"]

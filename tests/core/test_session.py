@@ -123,3 +123,30 @@ def test_ensure_model_loads_the_bundled_default():
     model = state.ensure_model()
     assert model.architecture == "addunet" and state.model_source == "bundled addunet-gray-blind"
     assert state.ensure_model() is model
+
+
+def test_chosen_gates_are_checked_against_the_active_model():
+    from napari_addunet import create_model
+    from napari_addunet.models.addunet import GateError
+
+    state = Session()
+    with pytest.raises(ValueError, match="no active model"):
+        state.gates = (1.0, 1.0)
+    state.set_model(create_model("addunet", width=4, kernels=(3, 3)), "made here")
+    for bad, message in (
+        ((-1, 1), "must be non-negative"),
+        ((1, float("nan")), "must be finite"),
+        ("12", "must be a sequence of 2 numbers"),
+        ((1.0,), "has 2 gates"),
+        (1.0, "must be a sequence"),
+    ):
+        with pytest.raises(GateError, match=message):
+            state.gates = bad
+        assert state.gates is None
+    state.gates = [0.5, 2]
+    assert state.gates == (0.5, 2.0)
+    state.set_model(create_model("dncnn", depth=3, width=4), "no gates")
+    with pytest.raises(GateError, match="no skip gates"):
+        state.gates = (1.0,)
+    state.device = None  # None means "auto", as everywhere else
+    assert state.device == "auto"

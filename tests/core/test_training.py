@@ -435,6 +435,36 @@ def test_files_are_protected_and_resume_needs_a_state(tmp_path):
     other = clean_data([np.zeros((24, 24), np.float32)] * 7, normalization="none")
     with pytest.raises(DataError, match="cannot resume: the data differ"):
         train_events(other, resume=good)
+    # a state file left by an earlier run is protected like the model file
+    orphan = tmp_path / "o.safetensors"
+    state_path_for(orphan).write_bytes(b"earlier state")
+    with pytest.raises(FileExistsError, match=r"o.state.pt \(the training state of an earlier run\) exists"):
+        train_events(small_data(), tiny(), SMALL, output=orphan)
+    assert state_path_for(orphan).read_bytes() == b"earlier state" and not orphan.exists()
+    # a folder where the model or its state would go is refused before any training
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(na.CheckpointError, match="d.safetensors is a folder"):
+        train_events(small_data(), tiny(), SMALL, output=tmp_path / "d.safetensors", overwrite=True)
+    (tmp_path / "e.state.pt").mkdir()
+    with pytest.raises(na.CheckpointError, match="e.state.pt is a folder"):
+        train_events(small_data(), tiny(), SMALL, output=tmp_path / "e.safetensors", overwrite=True)
+
+
+def test_validation_data_must_map_like_the_training_data():
+    rng = np.random.default_rng(0)
+    images = [rng.random((32, 32)).astype(np.float32) for _ in range(4)]
+    data = clean_data(images[:2], labels=["a", "b"])
+    with pytest.raises(DataError, match=r"validation classes \['b'\] differ .* class_names=\['a', 'b'\]"):
+        train_events(data, tiny(num_classes=2), SMALL, validation=clean_data(images[2:], labels=["b", "b"]))
+    as_bytes = clean_data([(i * 255).astype(np.uint8) for i in images[2:]], labels=["a", "b"])
+    with pytest.raises(
+        DataError, match="validation data are normalised as .*range.* but training data as .*percentile"
+    ):
+        train_events(data, tiny(num_classes=2), SMALL, validation=as_bytes)
+    with pytest.raises(TypeError, match="validation must be built with clean_data.* got list"):
+        train_events(data, tiny(num_classes=2), SMALL, validation=[images[2]])
+    same = clean_data(images[2:], labels=["b", "a"], class_names=["a", "b"])
+    assert train(data, tiny(num_classes=2), dict(SMALL, epochs=1), validation=same).history
 
 
 def test_a_diverging_loss_stops_with_a_clear_message():

@@ -137,6 +137,30 @@ def _refuse_misspelt_options(metadata: dict[str, Any]) -> None:
             )
 
 
+def _check_known_metadata(metadata: dict[str, Any], num_classes: int) -> None:
+    """Refuse the metadata keys the engine reads back when they are malformed, before a write."""
+    from .normalization import NormalizationError, parse_normalization
+
+    if metadata.get("normalization") is not None:
+        try:
+            parse_normalization(metadata["normalization"])
+        except NormalizationError as exc:
+            raise CheckpointError(f"metadata 'normalization': {exc} (nothing was written)") from None
+    names = metadata.get("class_names")
+    if names is not None:
+        if isinstance(names, str | bytes) or not isinstance(names, list | tuple):
+            raise CheckpointError(
+                f"metadata 'class_names' must be a list of names, got {type(names).__name__} (nothing was written)"
+            )
+        if not all(isinstance(n, str) for n in names):
+            raise CheckpointError("metadata 'class_names' must hold strings (nothing was written)")
+        if names and len(names) != num_classes:
+            raise CheckpointError(
+                f"metadata 'class_names' has {len(names)} names but the model has {num_classes} "
+                "classes (nothing was written)"
+            )
+
+
 def save_model(
     model: DenoiserModel,
     path: str | os.PathLike,
@@ -181,12 +205,15 @@ def save_model(
     if path.suffix != SUFFIX:
         raise CheckpointError(f"checkpoint files end in {SUFFIX!r}; got {path.name!r}")
     dtype = storage_dtype(weights_dtype)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a file name ending in {SUFFIX!r}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise CheckpointError(f"folder {path.parent} does not exist")
     tensors = {k: _stored(k, v, dtype) for k, v in model.state_dict().items()}
     merged = {**model.metadata, **metadata}
+    _check_known_metadata(merged, model.num_classes)
     header = {
         "format": FORMAT,
         "architecture": model.architecture,

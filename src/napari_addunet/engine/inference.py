@@ -161,10 +161,20 @@ def _as_array(data: Any) -> Any:
     )
 
 
-def _check_gates(model: DenoiserModel, gates: Sequence[float] | None) -> tuple[float, ...] | None:
+def check_gates(model: DenoiserModel, gates: Sequence[float] | None) -> tuple[float, ...] | None:
+    """``gates`` as a tuple of floats, checked against ``model`` (None stays None).
+
+    Raises
+    ------
+    GateError
+        The model has no skip gates, or the values are of the wrong count, negative, not
+        finite or not numbers.
+    """
     if gates is None:
         return None
-    if not hasattr(model, "set_gates") or not hasattr(model, "decode"):
+    from napari_addunet.models.addunet import AddUNet
+
+    if not isinstance(model, AddUNet):
         from napari_addunet.models.addunet import GateError
 
         raise GateError(
@@ -321,7 +331,7 @@ def iter_denoise(
     layout = plane_layout(shape, ax, model.in_channels, model.out_channels)
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
-    gate_values = _check_gates(model, gates)
+    gate_values = check_gates(model, gates)
     ensemble = check_ensemble(ensemble)
     norm_spec = (
         parse_normalization(normalization) if normalization is not None else model_normalization(model)

@@ -148,6 +148,27 @@ _LINEAGE_KEYS = (
 )
 
 
+def check_same_mapping(data: TrainingData, validation: TrainingData) -> None:
+    """Refuse validation data whose intensities or class indices mean something else than the
+    training data's (each builder maps them on its own)."""
+    if validation.normalization != data.normalization:
+        raise DataError(
+            f"validation data are normalised as {validation.normalization} but training data as "
+            f"{data.normalization}; build both with the same normalization= (and the same kind of "
+            "images)"
+        )
+    if (
+        data.labels is not None
+        and validation.labels is not None
+        and validation.class_names != data.class_names
+    ):
+        raise DataError(
+            f"validation classes {validation.class_names} differ from the training classes "
+            f"{data.class_names}, so their label numbers mean other classes; pass "
+            f"class_names={data.class_names} when building the validation data"
+        )
+
+
 def earlier_training(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
     """The training record of a model that a new run starts from, to keep in the new run's metadata.
 
@@ -265,9 +286,17 @@ class _Run:
             resuming_here = (
                 resume is not None and Path(model_path_for(resume)).resolve() == self.output.resolve()
             )
+            for target in (self.output, self.state_file):
+                if target.is_dir():
+                    raise CheckpointError(f"{target} is a folder; the run writes a file there")
             if self.output.exists() and not overwrite and not resuming_here:
                 raise FileExistsError(
                     f"{self.output} exists; pass overwrite=True (--overwrite) or resume from it"
+                )
+            if self.state_file.exists() and not overwrite and not resuming_here:
+                raise FileExistsError(
+                    f"{self.state_file} (the training state of an earlier run) exists; pass "
+                    "overwrite=True (--overwrite) to replace it, or resume from it"
                 )
 
         # devices and processes
@@ -296,10 +325,17 @@ class _Run:
             )
 
         # data
+        for name, value in (("data", data), ("validation", validation)):
+            if value is not None and not isinstance(value, TrainingData):
+                raise TypeError(
+                    f"{name} must be built with clean_data, noisy_data, paired_data or "
+                    f"class_folder_data, got {type(value).__name__}"
+                )
         if validation is not None:
             self.train_data, self.val_data = data, validation
             if validation.mode != data.mode:
                 raise DataError(f"validation data are {validation.mode!r} but training data {data.mode!r}")
+            check_same_mapping(data, validation)
         else:
             self.train_data, self.val_data = split_data(data, cfg.val_fraction, cfg.validation_seed)
         self.train_data.check_patch_size(cfg.patch_size)

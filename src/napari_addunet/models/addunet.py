@@ -185,6 +185,13 @@ class AddUNet(DenoiserModel):
         return tuple(float(a) for a in self.gate_tensor().detach().cpu())
 
     def _check_gates(self, values: Sequence[float] | torch.Tensor) -> list[float]:
+        if isinstance(values, str | bytes) or not (
+            isinstance(values, torch.Tensor) or hasattr(values, "__iter__")
+        ):
+            raise GateError(
+                f"gates must be a sequence of {self.config.depth} numbers (one per level, shallow to "
+                f"deep), got {type(values).__name__} {values!r:.40}"
+            )
         vals = values.detach().cpu().tolist() if isinstance(values, torch.Tensor) else list(values)
         if len(vals) != self.config.depth:
             raise GateError(
