@@ -220,7 +220,11 @@ class Session:
         return unsubscribe
 
     def notify(self, what: str) -> None:
-        """Tell every observer that ``what`` changed (observers that raise are reported, not fatal)."""
+        """Tell every observer that ``what`` changed.
+
+        An observer whose Qt widget was deleted is dropped; any other exception of an observer
+        propagates to the caller (and the observers after it are not called).
+        """
         for token, ref in list(self._observers.items()):
             callback = ref()
             if callback is None:

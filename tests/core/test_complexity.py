@@ -32,3 +32,18 @@ def test_addunet_count_does_not_depend_on_banding():
     level0 = 1 * c * 9 + 4 * c * c * 9 + c * 1  # stem, 2 encoder + 2 decoder convs, output
     assert small == large
     assert small > level0
+
+
+def test_a_bundled_name_is_measured_and_bad_arguments_are_named():
+    by_name = macs_per_pixel("addunet-gray-blind", size=32)
+    assert by_name == macs_per_pixel(na.load_model("addunet-gray-blind"), size=32)
+    assert na.receptive_field("addunet-gray-blind") == na.receptive_field(na.load_model())
+    for size in (0, -4, 1.5, True):
+        with pytest.raises(ValueError, match="size must be a positive number of pixels"):
+            macs_per_pixel(na.create_model("dncnn", depth=3, width=4), size=size)
+    with pytest.raises(TypeError, match="expected a model, a .safetensors file .* got int"):
+        macs_per_pixel(5)
+    with pytest.raises(na.CheckpointError, match="no bundled model named 'addunet'"):
+        na.receptive_field("addunet")  # an architecture's name is not a model
+    with pytest.raises(TypeError, match="load_model takes a .safetensors file .* got int"):
+        na.load_model(5)

@@ -48,3 +48,8 @@ def test_volumetric_layers_keep_their_layout():
     net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.Conv2d(4, 4, 3))
     assert use_fast_layout(net, torch.device("cpu")) is False
     assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_cpu_zero_is_the_cpu():
+    assert na.resolve_device("cpu:0") == torch.device("cpu")
+    assert na.resolve_device(torch.device("cpu", 0)) == torch.device("cpu")

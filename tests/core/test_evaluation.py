@@ -69,6 +69,15 @@ def test_the_seed_is_reset_for_every_image():
     first = add_protocol_noise(img, 25)
     np.random.seed(123)  # whatever happened before
     assert np.array_equal(add_protocol_noise(img, 25), first)
+    # the protocol's values are those of np.random.seed(0) then np.random.normal ...
+    np.random.seed(0)
+    by_seed = (img.astype(np.float32) / np.float32(255)) + np.random.normal(0, 25 / 255, img.shape)
+    np.testing.assert_array_equal(first, by_seed.astype(np.float32))
+    # ... without resetting the caller's global generator
+    np.random.seed(7)
+    expected_next = np.random.RandomState(7).random_sample()
+    add_protocol_noise(img, 25)
+    assert np.random.random_sample() == expected_next
     assert first.dtype == np.float32 and first.min() < 100 / 255 - 0.1  # float noise, unclipped
     assert to_uint8(np.array([-0.2, 0.5, 1.3])).tolist() == [0, 128, 255]
 
@@ -105,11 +114,22 @@ def test_in_memory_images_and_progress():
         ([np.zeros((2, 8, 8), np.uint8)], [15], "takes 2-D grey images"),
         ([], [15], "no images"),
         ([np.zeros((8, 8), np.uint8)], [-1], "non-negative"),
+        ([np.zeros((8, 8), np.uint8)], ("a",), r"sigmas must be numbers, got \['a'\]"),
+        ([np.zeros((8, 8), np.uint8)], "25", "a number or a list of numbers, got str"),
+        ([np.zeros((8, 8), np.uint8)], (25, 15, 25), "sigma 25 is listed twice"),
+        (["missing.png", np.zeros((8, 8), np.uint8)], 15, "mixes file names and arrays"),
     ],
 )
 def test_bad_evaluation_input(images, sigmas, match):
     with pytest.raises(EvaluationError, match=match):
         evaluate(shift_model(), images, sigmas)
+
+
+def test_a_single_sigma_and_the_smallest_image():
+    report = evaluate(shift_model(), [np.full((4, 4), 100, np.uint8)], 25)
+    assert report.sigmas == [25.0] and len(report.rows) == 1
+    with pytest.raises(ValueError, match="at least 4x4 pixels, got \\(3, 3\\)"):
+        evaluate(shift_model(), [np.full((3, 3), 100, np.uint8)], 25)
 
 
 def test_empty_folder_and_colour_file(tmp_path):

@@ -515,3 +515,13 @@ def test_predict_with_a_head_on_models_with_or_without_encode_decode(arch):
     assert result.probabilities.shape == (1, 3)
     np.testing.assert_allclose(result.probabilities.sum(), 1.0, atol=1e-5)
     np.testing.assert_allclose(result.denoised, denoise(net, x, device="cpu"), atol=1e-6)
+
+
+def test_cancel_must_be_an_event(model):
+    with pytest.raises(TypeError, match="cancel must be a threading.Event .* got bool"):
+        denoise(model, np.zeros((16, 16), np.float32), device="cpu", cancel=True)
+
+
+def test_ambiguous_axes_message_reads_as_sentences():
+    with pytest.raises(AxesError, match=r"or 'TCYX'\. Pass axes= explicitly"):
+        denoise(_tiny(), np.zeros((2, 3, 16, 16), np.float32), device="cpu")

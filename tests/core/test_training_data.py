@@ -137,6 +137,14 @@ def test_label_csv_and_class_folders(tmp_path, folder):
         (lambda tmp: paired_data([np.zeros((8, 8))] * 2, [np.zeros((8, 8))]), "pairs do not match"),
         (lambda tmp: paired_data(np.zeros((8, 8)), np.zeros((8, 9))), "pairs do not match"),
         (lambda tmp: class_folder_data(tmp), "no sub-folders"),
+        (
+            lambda tmp: clean_data([np.zeros((8, 8))] * 2, labels=[0, 1], class_names="ab"),
+            "class_names must be a list of names, got the string 'ab'",
+        ),
+        (
+            lambda tmp: paired_data(np.zeros((8, 8)), np.pad(np.array([[np.nan]]), ((0, 7), (0, 7)))),
+            r"the target of array 0 holds 1 NaN/Inf value\(s\)",
+        ),
     ],
 )
 def test_bad_data_give_clear_messages(tmp_path, call, match):

@@ -159,8 +159,8 @@ def infer_axes(shape: Sequence[int], rgb: bool | None = None) -> str:
 
 def _ambiguous(shape: tuple[int, ...], why: str) -> str:
     raise AxesError(
-        f"cannot tell the axes of an array of shape {_shape_text(shape)}: {why} "
-        "Pass axes= explicitly (letters T, Z, C, Y, X, one per dimension)."
+        f"cannot tell the axes of an array of shape {_shape_text(shape)}: {why}"
+        f"{'' if why.endswith(('.', '?')) else '.'} Pass axes= explicitly (letters T, Z, C, Y, X, one per dimension)."
     )
 
 

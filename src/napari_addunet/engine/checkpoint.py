@@ -318,6 +318,10 @@ def load_model(
 
     if path is None:
         path = DEFAULT_MODEL
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"load_model takes a .safetensors file or a bundled model's name, got {type(path).__name__}"
+        )
     bundled = bundled_models()
     if isinstance(path, str) and path in bundled:
         path = bundled[path]

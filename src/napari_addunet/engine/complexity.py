@@ -6,13 +6,14 @@ import torch
 from torch import nn
 
 
-def macs_per_pixel(model: nn.Module, size: int = 128) -> float:
+def macs_per_pixel(model: nn.Module | str, size: int = 128) -> float:
     """Multiply-accumulates per input pixel of one forward pass (convolutions and linear layers).
 
     Parameters
     ----------
     model
-        A model taking ``(1, in_channels, size, size)``.
+        A model taking ``(1, in_channels, size, size)``, a ``.safetensors`` file or a bundled
+        model's name.
     size
         Side of the square test input (rounded up to the model's ``size_multiple``).
 
@@ -22,6 +23,11 @@ def macs_per_pixel(model: nn.Module, size: int = 128) -> float:
     no-gradient pass may compute large maps in bands of rows without calling the layer
     modules); banded inference recomputes a few rows of context per band on top of this.
     """
+    from .receptive_field import _as_model
+
+    model = _as_model(model)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
     multiple = getattr(model, "size_multiple", 1)
     size += (-size) % multiple
     total = 0

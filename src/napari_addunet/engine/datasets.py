@@ -388,6 +388,8 @@ def _label_for(names: list[str], table: Mapping[str, Any]) -> list[Any]:
 
 
 def _encode_labels(raw: list[Any], class_names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    if isinstance(class_names, str | bytes):
+        raise DataError(f"class_names must be a list of names, got the string {class_names!r}")
     names = [str(c) for c in class_names] if class_names is not None else None
     if names is not None and len(set(names)) != len(names):
         raise DataError(f"class names must be unique, got {names}")
@@ -492,7 +494,7 @@ def _build(
         planes = _planes(s)
         tplanes = _planes(target_sources[g]) if target_sources is not None else None
         if tplanes is not None:
-            _check_finite(target_sources[g].array, target_sources[g].name)
+            _check_finite(target_sources[g].array, f"the target of {s.name}")
         for i, (name, plane) in enumerate(planes):
             inputs.append(((plane.astype(np.float64) - offset) / scale).astype(np.float32))
             if tplanes is not None:

@@ -85,7 +85,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if spec == "cpu":
+    if spec in ("cpu", "cpu:0"):  # str(torch.device("cpu", 0)) is "cpu:0"
         return torch.device("cpu")
     if spec == "mps":
         if not _mps_available():

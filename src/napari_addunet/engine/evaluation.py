@@ -162,6 +162,11 @@ def load_eval_images(images: Any) -> list[tuple[str, np.ndarray]]:
     elif isinstance(images, np.ndarray):
         items = [("image 0", images)]
     elif isinstance(images, Sequence):
+        if any(isinstance(i, (str, os.PathLike)) for i in images):
+            raise EvaluationError(
+                "images mixes file names and arrays; pass files (or folders) only, arrays only, "
+                "or a {name: array} mapping"
+            )
         items = [(f"image {i}", a) for i, a in enumerate(images)]
     else:
         raise EvaluationError(f"images: expected a folder, files or arrays, got {type(images).__name__}")
@@ -185,8 +190,9 @@ def load_eval_images(images: Any) -> list[tuple[str, np.ndarray]]:
 def add_protocol_noise(image: np.ndarray, sigma: float) -> np.ndarray:
     """The noisy input of the protocol: ``float32(image / 255)`` plus seeded Gaussian noise, unclipped."""
     x = image.astype(np.float32) / np.float32(255.0)
-    np.random.seed(0)
-    x += np.random.normal(0, sigma / 255.0, x.shape)  # in place: stays float32
+    # the values of ``np.random.seed(0); np.random.normal(...)``, without resetting the caller's
+    # global generator
+    x += np.random.RandomState(0).normal(0, sigma / 255.0, x.shape)  # in place: stays float32
     return x
 
 
@@ -204,6 +210,23 @@ def run_model(model: Any, x: np.ndarray, device: torch.device, ensemble: int = 1
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(device)
         return ensemble_mean(lambda v: model(v).denoised, t, ensemble)[0, 0].cpu().numpy()
+
+
+def check_sigmas(sigmas: Any) -> list[float]:
+    """``sigmas`` (one number or several) as a list of distinct non-negative floats."""
+    values = [sigmas] if isinstance(sigmas, int | float | np.number) else sigmas
+    if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
+        raise EvaluationError(f"sigmas must be a number or a list of numbers, got {type(sigmas).__name__}")
+    try:
+        sig = [float(s) for s in values]
+    except (TypeError, ValueError):
+        raise EvaluationError(f"sigmas must be numbers, got {list(values)}") from None
+    if not sig or any(not math.isfinite(s) or s < 0 for s in sig):
+        raise EvaluationError(f"sigmas must be non-negative numbers, got {list(values)}")
+    twice = sorted({s for s in sig if sig.count(s) > 1})
+    if twice:
+        raise EvaluationError(f"sigma {twice[0]:g} is listed twice; the means would count its images twice")
+    return sig
 
 
 def evaluate(
@@ -225,9 +248,9 @@ def evaluate(
     images
         A folder, image files, 2-D uint8 arrays, or a ``{name: array}`` mapping.
     sigmas
-        Noise levels on ``[0, 255]``.
+        Noise levels on ``[0, 255]``: one number or several, each once.
     device
-        Where to run the model.
+        Where to run the model (the model is moved there and left in eval mode).
     progress
         Called after each (image, sigma).
     ensemble
@@ -241,9 +264,7 @@ def evaluate(
     from .checkpoint import resolve_model
     from .devices import resolve_device, use_fast_layout
 
-    sig = [float(s) for s in sigmas]
-    if not sig or any(not math.isfinite(s) or s < 0 for s in sig):
-        raise EvaluationError(f"sigmas must be non-negative numbers, got {list(sigmas)}")
+    sig = check_sigmas(sigmas)
     try:
         ensemble = check_ensemble(ensemble)
     except EnsembleError as exc:

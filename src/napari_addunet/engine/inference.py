@@ -416,6 +416,9 @@ def iter_denoise(
         "ensemble": ensemble,
     }
 
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise TypeError(f"cancel must be a threading.Event (set it to stop), got {type(cancel).__name__}")
+
     def check_cancel(done: int | None = None, total: int | None = None) -> None:
         if cancel is not None and cancel.is_set():
             where = f"after {done} of {total} tiles" if total else "before the first tile"

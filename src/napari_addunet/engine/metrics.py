@@ -56,7 +56,7 @@ def ssim(reference: Any, estimate: Any, data_range: float = 1.0) -> float:
         raise ValueError(f"ssim takes 2-D images, got shape {ref.shape}")
     win = 11 if min(ref.shape) >= 11 else (min(ref.shape) // 2) * 2 - 1
     if win < 3:
-        raise ValueError(f"ssim needs images of at least 3x3 pixels, got {ref.shape}")
+        raise ValueError(f"ssim needs images of at least 4x4 pixels, got {ref.shape}")
     return float(
         structural_similarity(
             ref,
