@@ -169,3 +169,20 @@ def test_a_failing_run_reports_the_engine_message(viewer_session, add_dock, qtbo
     assert "smaller than the 16x16 patch" in widget.status.text()
     assert state.model is before
     assert widget.start_button.isEnabled()  # usable again
+
+
+def test_ticks_classes_and_targets_follow_a_renamed_layer(viewer_session, add_dock):
+    viewer, _ = viewer_session
+    _layers(viewer, n=3)
+    widget = add_dock(viewer, WIDGET)
+    widget.table.set_row("img0", cls="cat", target="img2")
+    viewer.layers["img0"].name = "renamed"
+    viewer.layers["img2"].name = "target renamed"
+    names = [widget.table.item(r, widget.table.NAME).text() for r in range(widget.table.rowCount())]
+    assert names == ["renamed", "img1", "target renamed"]
+    ((layer, cls, target),) = widget.table.chosen()
+    assert layer is viewer.layers["renamed"] and cls == "cat" and target is viewer.layers["target renamed"]
+    assert widget.table.cellWidget(0, widget.table.TARGET).currentText() == "target renamed"
+    viewer.layers.remove("target renamed")  # a removed target is dropped, the tick stays
+    ((layer, _, target),) = widget.table.chosen()
+    assert layer.name == "renamed" and target is None

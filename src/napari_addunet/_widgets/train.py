@@ -87,7 +87,10 @@ class LayerTable(QTableWidget):
         header.setSectionResizeMode(self.TARGET, QHeaderView.Stretch)
         self.verticalHeader().setVisible(False)
         self.setMinimumHeight(110)
-        self._state: dict[str, tuple[bool, str, str]] = {}
+        # per layer (by identity, so a renamed layer keeps its tick): use, class, target's id
+        self._state: dict[int, tuple[bool, str, int | None]] = {}
+        self._rows: list[Any] = []  # the layer shown in each row
+        self._watched: set[int] = set()
         viewer.layers.events.inserted.connect(self.refresh)
         viewer.layers.events.removed.connect(self.refresh)
         self.refresh()
@@ -96,56 +99,73 @@ class LayerTable(QTableWidget):
         return [layer for layer in self.viewer.layers if is_image_layer(layer)]
 
     def _save(self) -> None:
-        for row in range(self.rowCount()):
-            name = self.item(row, self.NAME).text()
+        for row, layer in enumerate(self._rows[: self.rowCount()]):
             combo = self.cellWidget(row, self.TARGET)
-            self._state[name] = (
+            self._state[id(layer)] = (
                 self.item(row, self.USE).checkState() == Qt.Checked,
                 self.item(row, self.CLASS).text(),
-                combo.currentText() if combo is not None and combo.currentIndex() > 0 else "",
+                combo.currentData() if combo is not None and combo.currentIndex() > 0 else None,
             )
 
     def refresh(self, *_: Any) -> None:
-        """Rebuild the rows from the layer list, keeping ticks, classes and targets by name."""
+        """Rebuild the rows from the layer list, keeping ticks, classes and targets per layer
+        (also when a layer is renamed)."""
         self._save()
         self._rebuild()
 
     def _rebuild(self) -> None:
-        names = [layer.name for layer in self._images()]
-        self.setRowCount(len(names))
-        for row, name in enumerate(names):
-            use, cls, target = self._state.get(name, (False, "", ""))
+        layers = self._images()
+        live = {id(layer) for layer in layers}
+        self._state = {k: v for k, v in self._state.items() if k in live}
+        for layer in layers:
+            if id(layer) not in self._watched:
+                layer.events.name.connect(self.refresh)
+                self._watched.add(id(layer))
+        self._watched &= live
+        self._rows = layers
+        self.setRowCount(len(layers))
+        for row, layer in enumerate(layers):
+            use, cls, target = self._state.get(id(layer), (False, "", None))
             tick = QTableWidgetItem()
             tick.setFlags(Qt.ItemIsUserCheckable | Qt.ItemIsEnabled)
             tick.setCheckState(Qt.Checked if use else Qt.Unchecked)
             self.setItem(row, self.USE, tick)
-            label = QTableWidgetItem(name)
+            label = QTableWidgetItem(layer.name)
             label.setFlags(Qt.ItemIsEnabled)
             self.setItem(row, self.NAME, label)
             self.setItem(row, self.CLASS, QTableWidgetItem(cls))
             combo = QComboBox()
-            combo.addItem("-")
-            combo.addItems([n for n in names if n != name])
-            if target in names:
-                combo.setCurrentText(target)
+            combo.addItem("-", None)
+            for other in layers:
+                if other is not layer:
+                    combo.addItem(other.name, id(other))
+            index = combo.findData(target) if target is not None else -1
+            if index > 0:
+                combo.setCurrentIndex(index)
             self.setCellWidget(row, self.TARGET, combo)
+
+    def _layer(self, name: str) -> Any:
+        for layer in self._images():
+            if layer.name == name:
+                return layer
+        raise ValueError(f"no image layer named {name!r}")
 
     def set_row(self, name: str, use: bool = True, cls: str = "", target: str = "") -> None:
         """Tick a layer, with a class and (for pairs) a target layer."""
         self._save()
-        if name not in [layer.name for layer in self._images()]:
-            raise ValueError(f"no image layer named {name!r}")
-        self._state[name] = (use, cls, target)
+        layer = self._layer(name)
+        self._state[id(layer)] = (use, cls, id(self._layer(target)) if target else None)
         self._rebuild()
 
     def chosen(self) -> list[tuple[Any, str, Any]]:
         """``(layer, class, target layer or None)`` of the ticked rows, in table order."""
         self._save()
+        by_id = {id(layer): layer for layer in self._images()}
         out = []
         for layer in self._images():
-            use, cls, target = self._state.get(layer.name, (False, "", ""))
+            use, cls, target = self._state.get(id(layer), (False, "", None))
             if use:
-                out.append((layer, cls, self.viewer.layers[target] if target in self.viewer.layers else None))
+                out.append((layer, cls, by_id.get(target) if target is not None else None))
         return out
 
 
