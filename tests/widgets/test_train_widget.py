@@ -186,3 +186,40 @@ def test_ticks_classes_and_targets_follow_a_renamed_layer(viewer_session, add_do
     viewer.layers.remove("target renamed")  # a removed target is dropped, the tick stays
     ((layer, _, target),) = widget.table.chosen()
     assert layer.name == "renamed" and target is None
+
+
+def test_closing_the_widget_mid_training_stops_it_and_frees_the_slot(viewer_session, add_dock, qtbot):
+    import gc
+    import sys
+
+    from qtpy.QtCore import QThreadPool
+
+    viewer, state = viewer_session
+    _layers(viewer)
+    widget = add_dock(viewer, WIDGET)
+    _tiny_settings(widget, epochs=500, steps=5)
+    widget.table.set_row("img0")
+    steps = []
+    widget.runner.event.connect(lambda e: steps.append(e) if isinstance(e, StepDone) else None)
+    assert widget.start()
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=60_000)
+    assert "training" in state.jobs
+    errors = []
+    hook, sys.excepthook = sys.excepthook, lambda *exc: errors.append(exc)
+    try:
+        viewer.window.remove_dock_widget("all")  # what the dock's close button does
+        widget.deleteLater()
+        del widget
+        gc.collect()  # the runner's Python side is collected before Qt destroys it
+        qtbot.waitUntil(lambda: "training" not in state.jobs, timeout=60_000)
+        qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=60_000)
+        qtbot.wait(50)
+    finally:
+        sys.excepthook = hook
+    assert errors == []  # no exception in a Qt slot
+    again = add_dock(viewer, WIDGET)  # a new Train widget can start at once
+    _tiny_settings(again, epochs=1, steps=2)
+    again.table.set_row("img0")
+    assert again.start()
+    qtbot.waitUntil(lambda: not again.runner.running, timeout=60_000)
+    assert again.result is not None and again.result.step == 2

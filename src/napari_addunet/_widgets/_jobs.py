@@ -12,6 +12,7 @@ afterwards whatever happened.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -160,15 +161,40 @@ class ActivityBar:
             pbar.set_description(message)
 
 
-def _abandon(live: dict[str, Any], session: Session, kind: str) -> None:
-    """The runner is being destroyed (its widget was closed): stop the job, free the slot."""
+#: The destruction handlers of live runners, reachable from here. A handler reachable only from
+#: a runner that the garbage collector is collecting can be cleared (its bound arguments
+#: dropped) before Qt calls it; held here, it stays whole until it has run.
+_ON_DESTROYED: dict[int, Callable[..., None]] = {}
+
+
+def _runner_destroyed(key: int, live: dict[str, Any], *_args: Any) -> None:
+    """The runner is being destroyed (its widget was closed): ask its job to stop.
+
+    The slot in the session is freed when the job's worker has finished
+    (:func:`_release_job`), so a new job of the kind cannot start while the old one still runs.
+    """
+    _ON_DESTROYED.pop(key, None)
     if live.get("cancel") is not None:
         live["cancel"].set()
-    if live.get("claimed"):
-        session.release(kind)
+    QTimer.singleShot(0, functools.partial(_close_bar, live))  # not inside Qt's destruction
+
+
+def _close_bar(live: dict[str, Any]) -> None:
     if live.get("pbar") is not None:
         live["pbar"].close()
-    live.update(cancel=None, claimed=False, pbar=None)
+        live["pbar"] = None
+
+
+def _release_job(live: dict[str, Any], session: Session, kind: str) -> None:
+    """The job's worker finished: free the session's slot (once) and close its activity bar.
+
+    Connected to the worker, which lives until it has finished, so this runs whether or not
+    the widget that started the job still exists.
+    """
+    if live.get("claimed"):
+        session.release(kind)
+    _close_bar(live)
+    live.update(cancel=None, claimed=False)
 
 
 class JobRunner(QObject):
@@ -211,13 +237,12 @@ class JobRunner(QObject):
         self._on_event: Callable[[Any], Any] | None = None
         self._on_done: Callable[[Outcome], Any] | None = None
         self._progress: Callable[[Any], tuple[int, int, str] | None] = _progress_of
-        # If the widget is closed while a job runs: stop the job and free the session's slot.
+        # If the widget is closed while a job runs: stop the job; its worker frees the slot.
         # (A plain dict, not self: the handler runs when this object is being destroyed.)
         self._live: dict[str, Any] = {"cancel": None, "claimed": False, "pbar": None}
-        # Deferred: nothing may run inside Qt's destruction of the widget tree.
-        self.destroyed.connect(
-            lambda *_a, live=self._live, s=session, k=kind: QTimer.singleShot(0, lambda: _abandon(live, s, k))
-        )
+        key = id(self._live)
+        _ON_DESTROYED[key] = functools.partial(_runner_destroyed, key, self._live)
+        self.destroyed.connect(_ON_DESTROYED[key])
 
     @property
     def running(self) -> bool:
@@ -271,6 +296,7 @@ class JobRunner(QObject):
         worker.yielded.connect(self._on_yield)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
+        worker.finished.connect(functools.partial(_release_job, self._live, self.session, self.kind))
         self.worker = worker
         self.started.emit()
         start_worker(worker)
@@ -324,11 +350,8 @@ class JobRunner(QObject):
         if self._gen is not None:
             self._gen.close()
             self._gen = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.session.release(self.kind)
-        self._live.update(cancel=None, claimed=False, pbar=None)
+        self._pbar = None
+        _release_job(self._live, self.session, self.kind)
         if self.progress_bar is not None:
             self.progress_bar.setRange(0, 1)
             self.progress_bar.setValue(1 if outcome.ok else 0)
@@ -344,6 +367,13 @@ class JobRunner(QObject):
             set_status(self.status, f"{self.description} cancelled; nothing was changed")
         on_done = self._on_done
         self._on_event = self._on_done = None
-        if on_done is not None:
-            on_done(outcome)
-        self.done.emit(outcome)
+        try:
+            if on_done is not None:
+                on_done(outcome)
+        except Exception as exc:  # noqa: BLE001 - the widget must stay usable whatever happened
+            message = f"{self.description}: the result could not be shown: {exc}"
+            show_error(message)
+            if self.status is not None:
+                set_status(self.status, message, error=True)
+        finally:
+            self.done.emit(outcome)
