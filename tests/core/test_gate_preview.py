@@ -201,3 +201,21 @@ def test_sweep_needs_a_matching_reference(model):
         next(SlicePreview(model).sweep(request, np.zeros((8, 8)), 0, [0.0]))
     with pytest.raises(ValueError, match="gate must be"):
         next(SlicePreview(model).sweep(request, np.zeros((16, 16)), 9, [0.0]))
+
+
+def test_sweep_stops_when_cancelled(model):
+    import threading
+
+    from napari_addunet.engine.inference import InferenceCancelled
+
+    request = PreviewRequest(
+        np.random.default_rng(1).random((32, 32)).astype(np.float32), "YX", {}, model.gates
+    )
+    cancel = threading.Event()
+    gen = SlicePreview(model).sweep(
+        request, np.zeros((32, 32), np.float32), 0, np.linspace(0, 1, 50), cancel=cancel
+    )
+    assert next(gen).done == 0 and next(gen).done == 1
+    cancel.set()
+    with pytest.raises(InferenceCancelled, match="sweep cancelled after 2 of 50 gate values"):
+        next(gen)

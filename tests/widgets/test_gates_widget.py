@@ -166,3 +166,52 @@ def test_sweep_plots_psnr_and_ssim(viewer_session, add_dock, qtbot):
     lines = widget.sweep_canvas.axes[0].get_lines()
     assert lines[0].get_ydata().tolist() == pytest.approx(result.psnr.tolist())
     assert "best PSNR" in widget.status.text()
+
+
+def _start_long_sweep(viewer, add_dock, steps=400):
+    noisy, clean = _image((128, 128))
+    viewer.add_image(clean, name="clean")
+    image = viewer.add_image(noisy, name="noisy")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    widget.live_check.setChecked(False)
+    widget.reference_combo.set_layer("clean")
+    widget.sweep_gate_combo.setCurrentIndex(2)
+    widget.sweep_steps.setValue(steps)
+    return widget
+
+
+def test_cancel_stops_a_sweep(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    widget = _start_long_sweep(viewer, add_dock)
+    seen = []
+    widget.sweep_runner.event.connect(seen.append)
+    assert widget.sweep()
+    qtbot.waitUntil(lambda: len(seen) >= 3, timeout=20_000)
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.sweep_runner.running, timeout=20_000)
+    assert state.sweep is None  # nothing recorded
+    assert len(seen) < 100  # stopped long before the 400 values
+    assert "cancelled" in widget.status.text()
+    assert widget.sweep_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_a_model_switch_during_a_sweep_or_a_preview_drops_the_old_result(viewer_session, add_dock, qtbot):
+    from napari_addunet import create_model
+
+    viewer, state = viewer_session
+    widget = _start_long_sweep(viewer, add_dock, steps=60)
+    assert widget.sweep()
+    state.set_model(create_model("dncnn", depth=3, width=4), "no gates")  # fewer gates: none
+    qtbot.waitUntil(lambda: not widget.sweep_runner.running, timeout=60_000)
+    assert state.sweep is None and "active model changed" in widget.status.text()
+    assert not widget.cancel_button.isEnabled() and state.jobs == {}
+    # a preview computed for the old model does not reappear after the switch
+    gated = create_model("addunet", width=4, kernels=(3, 3, 3))
+    state.set_model(gated, "gated")
+    widget.live_check.setChecked(True)
+    assert widget.request_preview()
+    state.set_model(create_model("dncnn", depth=3, width=4), "no gates again")
+    qtbot.waitUntil(lambda: not widget.preview_busy, timeout=20_000)
+    qtbot.wait(50)
+    assert "noisy [gate preview]" not in [layer.name for layer in viewer.layers]

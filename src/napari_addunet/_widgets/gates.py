@@ -163,6 +163,8 @@ class GatesWidget(QWidget):
         self._pending: PreviewRequest | None = None
         self._pending_layer: Any = None
         self._running_layer: Any = None
+        self._running_preview: Any = None
+        self._sweep_model: Any = None
         self._pending_since: float | None = None
         self._running_since: float | None = None
         self._preview_worker: Any = None
@@ -383,6 +385,7 @@ class GatesWidget(QWidget):
 
         request, self._pending = self._pending, None
         self._running_layer, self._pending_layer = self._pending_layer, None
+        self._running_preview = self._preview  # a result of another model's preview is dropped
         self._running_since, self._pending_since = self._pending_since, None
         worker = create_worker(_render, self._preview, request, _start_thread=False)
         worker.returned.connect(self._on_preview)
@@ -398,6 +401,8 @@ class GatesWidget(QWidget):
         if not outcome.ok:
             set_status(self.status, f"No preview: {outcome.message}", error=True)
             return
+        if self._running_preview is not self._preview:
+            return  # the active model changed meanwhile
         frame = outcome.value
         layer = self.layer_combo.layer()
         if layer is None or layer is not self._running_layer:
@@ -503,21 +508,29 @@ class GatesWidget(QWidget):
         values = np.linspace(self.sweep_from.value(), self.sweep_to.value(), self.sweep_steps.value())
         model = self.session.model
         ref_data = reference.data
+        cancel = threading.Event()
 
         def factory() -> Any:
             return SlicePreview(model).sweep(
-                dataclasses.replace(request, data_key=None), ref_data, gate, values
+                dataclasses.replace(request, data_key=None), ref_data, gate, values, cancel=cancel
             )
 
+        self._sweep_model = model
         return self.sweep_runner.start(
             factory,
             f"Sweeping gate {gate}",
-            cancel_event=threading.Event(),
+            cancel_event=cancel,
             on_done=self._on_sweep_done,
         )
 
     def _on_sweep_done(self, outcome: Outcome) -> None:
+        swept, self._sweep_model = self._sweep_model, None
         if not outcome.ok:
+            return
+        if swept is not self.session.model:
+            set_status(
+                self.status, "The sweep's result was dropped: the active model changed during the sweep"
+            )
             return
         result = outcome.value
         self.session.record_sweep(result)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Generator, Hashable, Mapping, Sequence
 from typing import Any
@@ -478,6 +479,7 @@ class SlicePreview:
         gate: int,
         values: Sequence[float],
         data_range: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generator[Progress, None, SweepResult]:
         """Generator: PSNR and SSIM of the previewed region against ``reference`` for each gate value.
 
@@ -494,6 +496,9 @@ class SlicePreview:
         data_range
             Peak value for PSNR/SSIM; None: from the reference (see
             :func:`~napari_addunet.engine.readout.data_range_of`).
+        cancel
+            A ``threading.Event``; when set, the sweep stops before the next value and raises
+            :class:`~napari_addunet.engine.inference.InferenceCancelled`.
 
         Yields
         ------
@@ -525,6 +530,10 @@ class SlicePreview:
         start = time.perf_counter()
         yield Progress(0, len(values), None, f"sweeping gate {gate}")
         for i, v in enumerate(values):
+            if cancel is not None and cancel.is_set():
+                from .inference import InferenceCancelled
+
+                raise InferenceCancelled(f"sweep cancelled after {i} of {len(values)} gate values")
             gates = list(base)
             gates[gate] = v
             frame = self.update(dataclasses.replace(request, gates=tuple(gates)))
