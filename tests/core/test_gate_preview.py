@@ -217,5 +217,5 @@ def test_sweep_stops_when_cancelled(model):
     )
     assert next(gen).done == 0 and next(gen).done == 1
     cancel.set()
-    with pytest.raises(InferenceCancelled, match="sweep cancelled after 2 of 50 gate values"):
+    with pytest.raises(InferenceCancelled, match="sweep cancelled after 1 of 50 gate values"):
         next(gen)
