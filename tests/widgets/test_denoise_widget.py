@@ -65,6 +65,14 @@ def test_denoise_2d_adds_denoised_and_residual(viewer_session, add_dock, qtbot):
     assert state.last_run.output_names == ["cells [denoised]", "cells [residual]"]
     assert state.last_run.megapixels_per_second > 0
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    # a second run: napari numbers the taken names, and the record follows the layers added
+    assert widget.run()
+    _wait(qtbot, widget)
+    added = [layer.name for layer in widget.run_control.added]
+    assert added == ["cells [denoised] [1]", "cells [residual] [1]"]
+    assert state.last_run.output_names == added
+    assert viewer.layers[added[0]].metadata[METADATA_KEY]["output_names"] == added
+    assert added[0] in widget.status.text()
 
 
 def test_self_ensemble_choice_reaches_the_engine(viewer_session, add_dock, qtbot):

@@ -15,6 +15,7 @@ from qtpy.QtCore import QObject
 from napari_addunet.engine.axes import AxesError, resolve_axes
 from napari_addunet.engine.checkpoint import CheckpointError
 from napari_addunet.engine.layer_run import LayerError, LayerSnapshot, iter_layer_denoise
+from napari_addunet.engine.readout import METADATA_KEY
 from napari_addunet.session import Session
 
 from ._common import set_status, show_error, show_info
@@ -143,8 +144,13 @@ class LayerRun(QObject):
         elif outcome.ok:
             result = outcome.value
             self.added = [self.viewer.add_image(data, **kwargs) for data, kwargs, _ in result.layers]
-            self.session.record_run(result.record)
             rec = result.record
+            names = [layer.name for layer in self.added]
+            if names != rec.output_names:  # napari numbered a name already taken ("... [1]")
+                rec.output_names = names
+                for layer in self.added:
+                    layer.metadata = {**layer.metadata, METADATA_KEY: rec.metadata()}
+            self.session.record_run(rec)
             text = (
                 f"Added {', '.join(rec.output_names)} in {rec.seconds:.2f} s "
                 f"({rec.megapixels_per_second:.2f} megapixels/s on {rec.device})"
