@@ -299,3 +299,17 @@ def test_closing_the_widget_mid_run_stops_it_and_frees_the_viewer(viewer_session
     assert again.run()
     _wait(qtbot, again)
     assert "closing [denoised]" in [layer.name for layer in viewer.layers]
+
+
+def test_rgb_results_keep_the_source_contrast_limits(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    rng = np.random.default_rng(2)
+    rgb = (120 + 10 * rng.standard_normal((40, 48, 3))).clip(0, 255).astype(np.uint8)
+    image = viewer.add_image(rgb, name="photo", rgb=True)
+    assert tuple(image.contrast_limits) == (0, 255)
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    assert widget.run()
+    _wait(qtbot, widget)
+    result = viewer.layers["photo [denoised]"]
+    assert result.rgb and tuple(result.contrast_limits) == (0, 255)  # not stretched to its own range

@@ -466,8 +466,8 @@ class GatesWidget(QWidget):
                 "metadata": meta,
                 "blending": "opaque",
             }
+            kwargs["contrast_limits"] = layer.contrast_limits  # the source's, RGB too
             if not layer.rgb:
-                kwargs["contrast_limits"] = layer.contrast_limits
                 kwargs["colormap"] = layer.colormap.name
             active = self.viewer.layers.selection.active
             self.preview_layer = self.viewer.add_image(data, **kwargs)

@@ -93,7 +93,7 @@ class LayerSnapshot:
             affine=np.asarray(layer.affine.affine_matrix),
             axis_labels=tuple(str(a) for a in getattr(layer, "axis_labels", ()) or ()) or None,
             units=tuple(str(u) for u in units) if units is not None else None,
-            contrast_limits=tuple(float(c) for c in layer.contrast_limits) if not layer.rgb else None,
+            contrast_limits=tuple(float(c) for c in layer.contrast_limits),  # RGB ones too
             colormap=getattr(cmap, "name", None),
         )
 
