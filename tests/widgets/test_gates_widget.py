@@ -55,6 +55,13 @@ def test_gate_change_updates_the_preview_layer_in_place(viewer_session, add_dock
     qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
     preview = widget.preview_layer
     assert preview.name == "noisy [gate preview]"
+    # the preview is not offered as an input, here or in the other widgets
+    combo = widget.layer_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == ["noisy"]
+    denoise = add_dock(viewer, "Denoise & classify")
+    assert "noisy [gate preview]" not in [
+        denoise.layer_combo.itemText(i) for i in range(denoise.layer_combo.count())
+    ]
     np.testing.assert_allclose(preview.scale, image.scale)
     first = preview.data.copy()
     assert first.shape == noisy.shape

@@ -66,9 +66,13 @@ def show_info(message: str) -> None:
 
 
 def is_image_layer(layer: Any) -> bool:
+    """An image layer that can be an input: not the Skip gates widget's own preview layer."""
     from napari.layers import Image
 
-    return isinstance(layer, Image)
+    if not isinstance(layer, Image):
+        return False
+    record = (layer.metadata or {}).get("napari_addunet")
+    return not (isinstance(record, dict) and "preview_of" in record)
 
 
 def status_label() -> QLabel:

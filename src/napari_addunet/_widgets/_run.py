@@ -58,7 +58,8 @@ class LayerRun(QObject):
             resolve_axes(tuple(snapshot.data.shape), axes, snapshot.rgb if axes is None else None)
         except (LayerError, AxesError) as exc:
             hint = " Type the axes in the Axes box (e.g. ZYX or CYX)." if isinstance(exc, AxesError) else ""
-            show_error(f"{exc}{hint}")
+            text = str(exc).strip()
+            show_error(f"{text}{'' if text.endswith(('.', '?', '!')) else '.'}{hint}")
             return None
         return snapshot
 
