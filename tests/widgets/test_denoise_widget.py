@@ -224,6 +224,10 @@ def test_ambiguous_axes_need_an_override(viewer_session, add_dock, qtbot):
     assert widget.run()
     _wait(qtbot, widget)
     assert viewer.layers["three [denoised]"].data.shape == (3, 40, 40)
+    # replacing the layer's data updates the detected axes at once
+    widget.axes_edit.setText("")
+    layer.data = _noisy((24, 36))
+    assert widget.axes_label.text().startswith("YX (24 x 36)")
 
 
 def test_classify_without_head_is_refused(viewer_session, add_dock):

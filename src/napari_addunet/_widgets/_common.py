@@ -101,6 +101,8 @@ class LayerCombo(QComboBox):
     """
 
     layer_changed = Signal(object)
+    #: the selected layer's data were replaced (its shape may differ)
+    data_changed = Signal(object)
 
     def __init__(
         self,
@@ -122,13 +124,20 @@ class LayerCombo(QComboBox):
         events.moved.connect(self.refresh)
         for layer in viewer.layers:
             layer.events.name.connect(self.refresh)
+            layer.events.data.connect(self._on_data)
         self.currentIndexChanged.connect(self._emit)
         self.refresh()
 
     def _on_inserted(self, event: Any = None) -> None:
         if event is not None and getattr(event, "value", None) is not None:
             event.value.events.name.connect(self.refresh)
+            event.value.events.data.connect(self._on_data)
         self.refresh()
+
+    def _on_data(self, event: Any = None) -> None:
+        layer = self.layer()
+        if layer is not None and getattr(event, "source", None) is layer:
+            self.data_changed.emit(layer)
 
     def refresh(self, *_: Any) -> None:
         """Rebuild the entries, keeping the selected layer when it is still there."""

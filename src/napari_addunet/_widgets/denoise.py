@@ -128,6 +128,7 @@ class DenoiseWidget(QWidget):
         self.model_combo.activated.connect(self._on_model_chosen)
         self.open_button.clicked.connect(self._open_file)
         self.layer_combo.layer_changed.connect(self._update_axes)
+        self.layer_combo.data_changed.connect(self._update_axes)
         self.axes_edit.textChanged.connect(lambda _t: self._update_axes())
         self.device_combo.currentIndexChanged.connect(self._on_device)
         self.run_button.clicked.connect(self.run)
