@@ -115,3 +115,18 @@ def test_snapshot_checks_the_layer():
         LayerSnapshot.from_layer(FakeLayer(np.zeros((0, 4))))
     with pytest.raises(LayerError, match="multiscale"):
         LayerSnapshot.from_layer(FakeLayer(np.zeros((4, 4)), multiscale=True))
+
+
+def test_rgba_layers_keep_their_alpha(model):
+    rng = np.random.default_rng(3)
+    rgba = (100 + 20 * rng.standard_normal((24, 28, 4))).clip(0, 255).astype(np.uint8)
+    rgba[..., 3] = np.where(rng.random((24, 28)) > 0.5, 255, 0)
+    snap = LayerSnapshot(name="logo", data=rgba, scale=(1.0, 1.0), translate=(0.0, 0.0), rgb=True)
+    result = run_layer_denoise(model, snap, residual=True, device="cpu")
+    (den, _, _), (res, _, _) = result.layers
+    assert den.shape == rgba.shape
+    np.testing.assert_array_equal(den[..., 3], rgba[..., 3])  # alpha untouched, not denoised
+    np.testing.assert_array_equal(res[..., 3], 0)
+    np.testing.assert_allclose(
+        den[..., :3], denoise(model, rgba[..., :3], axes="YXC", device="cpu"), rtol=1e-6
+    )

@@ -247,9 +247,12 @@ def iter_layer_denoise(
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     t0 = time.perf_counter()
     want_classes = classify is not False and has_head
+    data, alpha = snapshot.data, None
+    if snapshot.rgb and axes is None and snapshot.data.shape[-1] == 4:
+        data, alpha = snapshot.data[..., :3], snapshot.data[..., 3:]  # RGBA: alpha is kept as it is
     result = yield from iter_denoise(
         model,
-        snapshot.data,
+        data,
         axes=axes,
         tile=tile,
         device=device,
@@ -262,6 +265,8 @@ def iter_layer_denoise(
     )
     seconds = time.perf_counter() - t0
     denoised = np.asarray(result.denoised, dtype=np.float32)
+    if alpha is not None:
+        denoised = np.concatenate([denoised, np.asarray(alpha, dtype=np.float32)], axis=-1)
     yield Progress(1, 1, 0.0, "estimating the noise before and after")
     source = np.asarray(snapshot.data)
     sigma_before = _sigma(source, result.axes)
