@@ -62,6 +62,12 @@ def test_compare_2d_matches_the_metrics():
     assert q.ssim == pytest.approx(ssim(ref, est, 1.0))
     assert q.planes == 1
     assert math.isinf(compare(ref, ref).psnr)
+    holed = est.copy()
+    holed[3, 4] = np.nan
+    with pytest.raises(ValueError, match="the image holds 1 NaN or infinite value"):
+        compare(holed, ref)
+    with pytest.raises(ValueError, match="the reference holds 1 NaN"):
+        compare(est, holed)
 
 
 def test_compare_stacks_and_rgb():

@@ -198,6 +198,10 @@ def compare(
         raise ValueError(f"the image has shape {est.shape} but the reference has shape {ref.shape}")
     if est.size == 0:
         raise ValueError("cannot compare empty images")
+    for name, arr in (("the image", est), ("the reference", ref)):
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise ValueError(f"{name} holds {bad} NaN or infinite value(s); PSNR and SSIM need finite values")
     ax = resolve_axes(ref.shape, axes, rgb)
     rng = float(data_range) if data_range is not None else data_range_of(ref)
     p = _psnr(ref, est, rng)
