@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy, QWidget
 
 from napari_addunet.engine.devices import available_devices
@@ -194,3 +195,21 @@ class DeviceCombo(QComboBox):
             present = ", ".join(str(self.itemData(k)) for k in range(self.count()))
             raise ValueError(f"device {name!r} is not present here (present: {present})")
         self.setCurrentIndex(i)
+
+
+#: Callbacks waiting for a Qt object's destruction, reachable from here: a callback reachable
+#: only from an object that the garbage collector is collecting can be cleared (its bound
+#: arguments dropped) before Qt calls it.
+_WHEN_DESTROYED: dict[int, Callable[..., None]] = {}
+
+
+def _destroyed(key: int, fn: Callable[[], Any], *_args: Any) -> None:
+    _WHEN_DESTROYED.pop(key, None)
+    fn()
+
+
+def call_when_destroyed(obj: QObject, fn: Callable[[], Any]) -> None:
+    """Call ``fn()`` when the Qt object ``obj`` is destroyed (``fn`` must not use ``obj``)."""
+    key = id(fn)
+    _WHEN_DESTROYED[key] = functools.partial(_destroyed, key, fn)
+    obj.destroyed.connect(_WHEN_DESTROYED[key])

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar
 from napari_addunet.engine.inference import InferenceCancelled
 from napari_addunet.session import Session, SessionBusyError
 
-from ._common import is_deleted, set_status, show_error, show_info, start_worker
+from ._common import call_when_destroyed, is_deleted, set_status, show_error, show_info, start_worker
 
 
 @dataclasses.dataclass
@@ -161,19 +161,12 @@ class ActivityBar:
             pbar.set_description(message)
 
 
-#: The destruction handlers of live runners, reachable from here. A handler reachable only from
-#: a runner that the garbage collector is collecting can be cleared (its bound arguments
-#: dropped) before Qt calls it; held here, it stays whole until it has run.
-_ON_DESTROYED: dict[int, Callable[..., None]] = {}
-
-
-def _runner_destroyed(key: int, live: dict[str, Any], *_args: Any) -> None:
+def _runner_destroyed(live: dict[str, Any]) -> None:
     """The runner is being destroyed (its widget was closed): ask its job to stop.
 
     The slot in the session is freed when the job's worker has finished
     (:func:`_release_job`), so a new job of the kind cannot start while the old one still runs.
     """
-    _ON_DESTROYED.pop(key, None)
     if live.get("cancel") is not None:
         live["cancel"].set()
     QTimer.singleShot(0, functools.partial(_close_bar, live))  # not inside Qt's destruction
@@ -240,9 +233,7 @@ class JobRunner(QObject):
         # If the widget is closed while a job runs: stop the job; its worker frees the slot.
         # (A plain dict, not self: the handler runs when this object is being destroyed.)
         self._live: dict[str, Any] = {"cancel": None, "claimed": False, "pbar": None}
-        key = id(self._live)
-        _ON_DESTROYED[key] = functools.partial(_runner_destroyed, key, self._live)
-        self.destroyed.connect(_ON_DESTROYED[key])
+        call_when_destroyed(self, functools.partial(_runner_destroyed, self._live))
 
     @property
     def running(self) -> bool:

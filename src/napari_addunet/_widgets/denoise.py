@@ -31,7 +31,15 @@ from napari_addunet.engine.checkpoint import CheckpointError, bundled_models
 from napari_addunet.engine.ensemble import ENSEMBLE_SIZES
 from napari_addunet.session import session as get_session
 
-from ._common import DeviceCombo, LayerCombo, real_viewer, set_status, show_error, status_label
+from ._common import (
+    DeviceCombo,
+    LayerCombo,
+    call_when_destroyed,
+    real_viewer,
+    set_status,
+    show_error,
+    status_label,
+)
 from ._jobs import JobRunner
 from ._run import LayerRun
 
@@ -136,7 +144,7 @@ class DenoiseWidget(QWidget):
         self.runner.started.connect(lambda: self._set_running(True))
         self.runner.done.connect(lambda _o: self._set_running(False))
         self._unsubscribe = self.session.subscribe(self._on_session)
-        self.destroyed.connect(lambda *_a, u=self._unsubscribe: u())
+        call_when_destroyed(self, self._unsubscribe)
 
         try:
             self.device_combo.set_device(self.session.device)

@@ -49,6 +49,7 @@ from napari_addunet.session import session as get_session
 
 from ._common import (
     LayerCombo,
+    call_when_destroyed,
     camera_of,
     is_deleted,
     real_viewer,
@@ -192,7 +193,7 @@ class GatesWidget(QWidget):
         camera_of(self.viewer).events.center.connect(self._on_view_changed)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._unsubscribe = self.session.subscribe(self._on_session)
-        self.destroyed.connect(lambda *_a, u=self._unsubscribe: u())
+        call_when_destroyed(self, self._unsubscribe)
         self._build_sliders()
 
     # -- model and sliders ------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from napari_addunet.engine.readout import (
 )
 from napari_addunet.session import session as get_session
 
-from ._common import LayerCombo, real_viewer, set_status, show_error, status_label
+from ._common import LayerCombo, call_when_destroyed, real_viewer, set_status, show_error, status_label
 from ._jobs import JobRunner, Outcome
 from ._plots import COLORS, PlotCanvas
 
@@ -117,7 +117,7 @@ class ReadoutWidget(QWidget):
         self.viewer.layers.selection.events.active.connect(self.update_probabilities)
         self.viewer.layers.events.removed.connect(self.update_probabilities)
         self._unsubscribe = self.session.subscribe(self._on_session)
-        self.destroyed.connect(lambda *_a, u=self._unsubscribe: u())
+        call_when_destroyed(self, self._unsubscribe)
         self.refresh()
 
     # -- the report --------------------------------------------------------------------------------
