@@ -195,6 +195,7 @@ class GatesWidget(QWidget):
         self._unsubscribe = self.session.subscribe(self._on_session)
         call_when_destroyed(self, self._unsubscribe)
         self._build_sliders()
+        self._preview_if_live()
 
     # -- model and sliders ------------------------------------------------------------------------
     def _build_sliders(self) -> None:
@@ -275,7 +276,7 @@ class GatesWidget(QWidget):
         if what == "model":
             self._drop_preview_layer()
             self._build_sliders()
-            self._on_view_changed()
+            self._preview_if_live()
         elif what == "gates" and self.session.gates is not None and self.session.gates != self.gates():
             self.set_gates(self.session.gates)
 
@@ -304,7 +305,11 @@ class GatesWidget(QWidget):
 
     def _on_layer(self, *_: Any) -> None:
         self._drop_preview_layer()
-        if self.live_check.isChecked():
+        self._preview_if_live()
+
+    def _preview_if_live(self) -> None:
+        """Schedule a preview when live preview is on and there is something to preview."""
+        if self.live_check.isChecked() and self.sliders and self.layer_combo.layer() is not None:
             self._timer.start()
 
     def _on_layer_removed(self, event: Any) -> None:
