@@ -45,8 +45,11 @@ def test_ssim_on_small_patches_and_errors():
     assert ssim(a, a) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="2-D"):
         ssim(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)))
-    with pytest.raises(ValueError, match="at least 3x3"):
-        ssim(np.zeros((2, 2)), np.zeros((2, 2)))
+    for side in (2, 3):  # a 3x3 image leaves no odd window of at least 3 inside it
+        with pytest.raises(ValueError, match="at least 4x4"):
+            ssim(np.zeros((side, side)), np.zeros((side, side)))
+    b = rng.random((4, 4))
+    assert ssim(b, b) == pytest.approx(1.0)
 
 
 def test_batch_means():
