@@ -60,6 +60,23 @@ def parse_sigmas(text: str) -> list[float]:
     return values
 
 
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"width=16"`` as ``("width", 16)``: integers, decimals and true/false are converted;
+    other values stay text (``kernels=5,3,3,1`` is read by the model's settings)."""
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key.isidentifier() or not value:
+        raise _error(f"--set takes NAME=VALUE, e.g. --set width=16 --set kernels=5,3,3,1; got {text!r}")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """Read a JSON or TOML file with ``arch``, a ``model`` table and a ``training`` table."""
     p = Path(path)
@@ -179,6 +196,7 @@ _TRAIN_OPTIONS = (
     "normalization",
     "arch",
     "config",
+    "set",
     "epochs",
     "steps",
     "batch_size",
@@ -212,6 +230,8 @@ def _command(args: argparse.Namespace) -> str:
         flag = "--lambda" if key == "lambda_cls" else "--" + key.replace("_", "-")
         if value is True:
             parts.append(flag)
+        elif key == "set":  # repeated flag
+            parts += [part for v in value for part in (flag, shlex.quote(v))]
         elif isinstance(value, list):
             parts += [flag, *map(name, value)]
         else:
@@ -238,7 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     file = read_config_file(args.config) if args.config else {}
     arch = args.arch or file.get("arch") or file.get("architecture")
     settings = _training_settings(args, file)
-    model_settings = dict(file.get("model", {}))
+    model_settings = {**dict(file.get("model", {})), **dict(parse_assignment(a) for a in args.set or [])}
     resume = None
     if args.resume:
         if not output.exists():
@@ -247,7 +267,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         state_config = json.loads(load_state(output)["config"])
         settings = {**state_config, **settings}
         if model_settings:
-            raise _error("--resume continues the saved model; its 'model' settings cannot change")
+            raise _error(
+                "--resume continues the saved model; its model settings (--set, [model]) cannot change"
+            )
     lam = settings.get("lambda_cls") or 0
     if isinstance(lam, int | float) and lam > 0 and not (args.labels or args.class_folders):
         raise _error(
@@ -439,6 +461,14 @@ def register(subparsers: Any) -> None:
     m = p.add_argument_group("model and settings")
     m.add_argument("--arch", default=None, help="architecture (default addunet; see `napari-addunet info`)")
     m.add_argument("--config", metavar="FILE", help="JSON/TOML file: arch, [model] and [training] settings")
+    m.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a model setting, repeatable, over the --config file's [model]: --set width=16 "
+        "--set kernels=5,3,3,1 (`napari-addunet info` lists the architectures; their settings "
+        "are in docs/models.md)",
+    )
     import dataclasses
 
     from .engine.training_config import TrainingConfig

@@ -79,6 +79,28 @@ def test_train_writes_a_model_prints_epochs_and_resumes(run, images, config, tmp
     assert na.load_model(out).metadata["training"]["steps"] == 9
 
 
+def test_model_settings_from_the_command_line(run, images, config, tmp_path, capsys):
+    out = tmp_path / "small.safetensors"
+    argv = ["train", "--clean", images, "--config", config, "--set", "width=6", "--set", "kernels=5,3,3"]
+    assert run(*argv, "--set", "encoder=plain", *FAST, "-o", out) == 0
+    model = na.load_model(out)
+    assert model.config.width == 6 and model.config.kernels == (5, 3, 3) and model.config.encoder == "plain"
+    command = model.metadata["training"]["command"]
+    assert "--set width=6 --set kernels=5,3,3 --set encoder=plain" in command  # runs again as it is
+    capsys.readouterr()
+    for bad, message in (
+        ("width", "--set takes NAME=VALUE"),
+        ("=4", "--set takes NAME=VALUE"),
+        ("widht=4", "widht"),
+        ("width=0", "width"),
+    ):
+        assert run("train", "--clean", images, "--set", bad, *FAST, "-o", tmp_path / "x.safetensors") == 2
+        assert message in capsys.readouterr().err
+    assert run("train", "--clean", images, "--resume", "--set", "width=8", "-o", out) == 2
+    assert "model settings (--set, [model]) cannot change" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_noisy_only_pairs_and_class_folders(run, images, config, tmp_path, capsys):
     assert run("train", "--noisy", images, "--config", config, *FAST, "-o", tmp_path / "n2v.safetensors") == 0
     assert na.load_model(tmp_path / "n2v.safetensors").metadata["training"]["mode"] == "noise2void"
