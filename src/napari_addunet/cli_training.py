@@ -489,13 +489,13 @@ def register(subparsers: Any) -> None:
     m.add_argument("--lr", type=float, help="peak learning rate" + d("lr"))
     m.add_argument(
         "--sigma",
-        help="Gaussian noise level on [0, 255]: 25, or a range 0:55 (blind)"
+        help="synthetic Gaussian noise level on [0, 255] for --clean images: 25, or a range 0:55 (blind)"
         + f" (default: {default['sigma_min']:g}:{default['sigma_max']:g})",
     )
     m.add_argument(
         "--noise",
         choices=["gaussian", "poisson-gaussian"],
-        help="synthetic noise model" + d("noise"),
+        help="synthetic noise model for --clean images" + d("noise"),
     )
     m.add_argument(
         "--lambda",
