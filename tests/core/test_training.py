@@ -592,3 +592,12 @@ def test_ema_switched_on_at_resume_starts_from_the_restored_weights(tmp_path):
     state = load_state(part)
     assert state["weight_average"]["updates"] == 3  # steps 8-10 only
     assert TrainingConfig.from_dict(loads(state["config"])).ema_decay == 0.9
+
+
+def test_verbose_prints_one_line_per_epoch(capsys):
+    train(small_data(), tiny(), SMALL)
+    assert capsys.readouterr().out == ""  # quiet by default
+    train(small_data(), tiny(), SMALL, verbose=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" step")[0].strip() for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("loss" in line for line in lines)

@@ -988,11 +988,14 @@ def train(
     config: TrainingConfig | Mapping[str, Any] | None = None,
     *,
     callback: Any = None,
+    verbose: bool = False,
     **kwargs: Any,
 ) -> TrainingResult:
     """Train to the end (or until stopped) and return the trained model and its history.
 
-    Takes the arguments of :func:`train_events`, plus ``callback``, called with every event.
+    Takes the arguments of :func:`train_events`, plus ``callback``, called with every event,
+    and ``verbose``: print one line per epoch (losses, validation PSNR, ...; as the command
+    line does).
 
     Examples
     --------
@@ -1006,6 +1009,8 @@ def train(
     try:
         while True:
             event = next(gen)
+            if verbose and isinstance(event, EpochDone):
+                print(summarize(event), flush=True)
             if callback is not None:
                 callback(event)
     except StopIteration as done:
