@@ -525,3 +525,8 @@ def test_cancel_must_be_an_event(model):
 def test_ambiguous_axes_message_reads_as_sentences():
     with pytest.raises(AxesError, match=r"or 'TCYX'\. Pass axes= explicitly"):
         denoise(_tiny(), np.zeros((2, 3, 16, 16), np.float32), device="cpu")
+
+
+def test_a_ragged_list_is_refused_clearly(model):
+    with pytest.raises(TypeError, match="nested list that is not a rectangular array"):
+        denoise(model, [[1.0, 2.0], [3.0]], device="cpu")

@@ -154,7 +154,12 @@ def _as_array(data: Any) -> Any:
     if all(hasattr(data, a) for a in ("shape", "dtype", "ndim", "__getitem__")):
         return data  # zarr, h5py and other lazily indexed arrays
     if isinstance(data, (list, tuple)):
-        return np.asarray(data)
+        try:
+            return np.asarray(data)
+        except ValueError as exc:  # rows of different lengths
+            raise TypeError(
+                f"data is a nested list that is not a rectangular array ({exc}); pass a numpy array"
+            ) from None
     raise TypeError(
         f"data must be a numpy, dask or zarr array (or anything with shape, dtype and "
         f"indexing), got {type(data).__name__}"
