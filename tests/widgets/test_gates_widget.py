@@ -224,18 +224,20 @@ def test_a_model_switch_during_a_sweep_or_a_preview_drops_the_old_result(viewer_
     assert "noisy [gate preview]" not in [layer.name for layer in viewer.layers]
 
 
-def test_the_live_preview_appears_on_opening_and_after_a_model_switch(viewer_session, add_dock, qtbot):
+def test_a_shown_live_preview_follows_a_model_switch(viewer_session, add_dock, qtbot):
     from napari_addunet import create_model
 
     viewer, state = viewer_session
     noisy, _ = _image()
-    viewer.add_image(noisy, name="noisy")
-    widget = add_dock(viewer, WIDGET)  # the image is chosen already: no slider move needed
-    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=20_000)
+    image = viewer.add_image(noisy, name="noisy")
+    widget = add_dock(viewer, WIDGET)
+    assert widget.preview_layer is None  # opening the widget adds no layer by itself
+    widget.layer_combo.set_layer(image)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
     qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
     first = widget.preview_layer
-    torch_model = create_model("addunet", width=4, kernels=(3, 3))
-    state.set_model(torch_model, "another gated model")
+    state.set_model(create_model("addunet", width=4, kernels=(3, 3)), "another gated model")
     qtbot.waitUntil(
         lambda: widget.preview_layer is not None and widget.preview_layer is not first, timeout=20_000
     )

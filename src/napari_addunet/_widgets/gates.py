@@ -195,7 +195,6 @@ class GatesWidget(QWidget):
         self._unsubscribe = self.session.subscribe(self._on_session)
         call_when_destroyed(self, self._unsubscribe)
         self._build_sliders()
-        self._preview_if_live()
 
     # -- model and sliders ------------------------------------------------------------------------
     def _build_sliders(self) -> None:
@@ -274,9 +273,11 @@ class GatesWidget(QWidget):
 
     def _on_session(self, what: str) -> None:
         if what == "model":
+            shown = self.preview_layer is not None
             self._drop_preview_layer()
             self._build_sliders()
-            self._preview_if_live()
+            if shown:  # a preview was on screen: show the new model's
+                self._preview_if_live()
         elif what == "gates" and self.session.gates is not None and self.session.gates != self.gates():
             self.set_gates(self.session.gates)
 
