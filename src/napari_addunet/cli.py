@@ -195,9 +195,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     out = check_output_file(args.csv, args.overwrite, "--csv") if args.csv else None
     model = _load(args.model)
     if model.num_classes == 0:
+        classifiers = _bundled_classifiers()
         raise CliError(
             "this model has no classification head; give one trained to classify with --model"
-            + (f" (bundled: {', '.join(_bundled_classifiers())})" if _bundled_classifiers() else "")
+            + (f" (bundled: {', '.join(classifiers)})" if classifiers else "")
         )
     rows: list[list[Any]] = []
     for p in (Path(x) for x in args.inputs):

@@ -395,3 +395,15 @@ def resolve_model(model: DenoiserModel | str | os.PathLike | None) -> DenoiserMo
             "or load a checkpoint"
         )
     return load_model(model)
+
+
+def resolve_module(model: torch.nn.Module | str | os.PathLike) -> torch.nn.Module:
+    """Any torch module as it is, or a model loaded from a checkpoint file or a bundled name
+    (for measurements that work on plain modules too: receptive field, MACs per pixel)."""
+    if isinstance(model, torch.nn.Module):
+        return model
+    if isinstance(model, str | os.PathLike):
+        return load_model(model)
+    raise TypeError(
+        f"expected a model, a .safetensors file or a bundled model's name, got {type(model).__name__}"
+    )

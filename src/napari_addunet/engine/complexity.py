@@ -23,9 +23,9 @@ def macs_per_pixel(model: nn.Module | str, size: int = 128) -> float:
     no-gradient pass may compute large maps in bands of rows without calling the layer
     modules); banded inference recomputes a few rows of context per band on top of this.
     """
-    from .receptive_field import _as_model
+    from .checkpoint import resolve_module
 
-    model = _as_model(model)
+    model = resolve_module(model)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size!r}")
     multiple = getattr(model, "size_multiple", 1)

@@ -52,19 +52,6 @@ def _scale_of(args: tuple, kwargs: dict) -> float:
     return float(max(scale)) if isinstance(scale, (tuple, list)) else float(scale)
 
 
-def _as_model(model: Any) -> nn.Module:
-    """A model object from a model, a checkpoint file or a bundled model's name."""
-    if isinstance(model, nn.Module):
-        return model
-    if isinstance(model, str | os.PathLike):
-        from .checkpoint import load_model
-
-        return load_model(model)
-    raise TypeError(
-        f"expected a model, a .safetensors file or a bundled model's name, got {type(model).__name__}"
-    )
-
-
 def receptive_field(model: nn.Module | str | os.PathLike) -> int:
     """Receptive field (pixels along one axis) of a model's image output.
 
@@ -83,7 +70,9 @@ def receptive_field(model: nn.Module | str | os.PathLike) -> int:
     --------
     Three 3x3 stride-1 convolutions give ``1 + 3 * 2 = 7``.
     """
-    model = _as_model(model)
+    from .checkpoint import resolve_module
+
+    model = resolve_module(model)
     target = _ImagePath(model) if hasattr(model, "forward_features") else model
     graph = torch.fx.symbolic_trace(target).graph
     modules = dict(target.named_modules())
