@@ -281,6 +281,8 @@ def test_output_files_in_missing_folders_are_refused_before_any_work(tiny_model,
     captured = capsys.readouterr()
     assert f"--json {missing / 'r.json'}: folder {missing} does not exist" in captured.err
     assert captured.out == ""  # refused before evaluating
+    assert main(["classify", str(src), "-m", str(tiny_model), "--csv", str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err
     existing = tmp_path / "keep.csv"
     existing.write_text("mine\n")
     assert main(["classify", str(src), "-m", str(tiny_model), "--csv", str(existing)]) == 2
