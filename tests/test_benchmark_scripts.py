@@ -664,3 +664,59 @@ def test_average_weights_averages_one_network_and_refuses_what_differs(tmp_path,
             avg.main(argv)
     assert out.read_bytes() == untouched and not (tmp_path / "x.safetensors").exists()
     assert "choose a new name" in capsys.readouterr().err
+
+
+def test_self_supervised_trains_noise2void_on_exactly_the_scored_noisy_images(tmp_path):
+    from skimage import data as skdata
+    from skimage.io import imsave
+
+    ss = _script("self_supervised")
+    camera = skdata.camera()
+    for folder, offset in (("train400", 0), ("bsd68", 256)):
+        (tmp_path / folder).mkdir()
+        for i in range(3):
+            crop = camera[offset + 64 * i : offset + 64 * i + 64, 200:264]
+            imsave(tmp_path / folder / f"{i}.png", crop, check_contrast=False)
+    train_files = ss.image_files(tmp_path / "train400")
+    test_files = ss.image_files(tmp_path / "bsd68")
+    data = ss.training_data("n2v-test", 25.0, train_files, test_files, seed=0)
+    assert data.mode == "noise2void"
+    for plane, f in zip(data.inputs, test_files, strict=True):
+        expected = na.engine.evaluation.add_protocol_noise(ss.read_gray8(f), 25.0)
+        np.testing.assert_array_equal(plane, expected)  # the very inputs the protocol scores
+    other = ss.training_data("n2v-train400", 25.0, train_files, test_files, seed=0)
+    protocol = [na.engine.evaluation.add_protocol_noise(ss.read_gray8(f), 25.0) for f in train_files]
+    assert len(other.inputs) == 3 and other.mode == "noise2void"
+    for plane, same_seed in zip(other.inputs, protocol, strict=True):
+        assert abs(float(plane.std()) - float(same_seed.std())) < 0.05 and not np.allclose(plane, same_seed)
+    assert ss.training_data("supervised-train400", 25.0, train_files, test_files, 0).mode == "supervised"
+
+    args = ss.argparse.Namespace(steps=200, batch_size=8, patch_size=32, lr=3e-3, mask_fraction=0.03, seed=0)
+    row = ss.run_row(
+        "n2v-test",
+        25.0,
+        args,
+        train_files,
+        test_files,
+        network={"width": 16, "kernels": (5, 3, 3, 1)},
+        models_dir=tmp_path / "models",
+    )
+    assert row["mode"] == "noise2void" and row["steps"] == 200 and row["training_images"] == 3
+    assert row["psnr"] > row["input_psnr"] + 1.0  # learned to denoise with no clean image
+    assert (tmp_path / "models" / "n2v-test-s25.safetensors").is_file()
+
+    doc = {
+        "rows": {
+            "n2v-test@25": row,
+            "supervised-train400@25": dict(row, name="supervised-train400", psnr=30.0),
+        }
+    }
+    denoising = {
+        "methods": {"bm3d": {"datasets": {"bsd68": {"results": {"25": {"psnr": 28.6, "ssim": 0.8}}}}}}
+    }
+    text = ss.markdown(doc, denoising)
+    assert (
+        f"n2v-test minus supervised-train400 (same network and budget): {row['psnr'] - 30.0:+.2f} dB" in text
+    )
+    assert f"n2v-test minus bm3d: {row['psnr'] - 28.6:+.2f} dB" in text
+    assert "| bm3d: BM3D | 28.60 | 0.8000 |" in text
