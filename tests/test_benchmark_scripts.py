@@ -720,3 +720,18 @@ def test_self_supervised_trains_noise2void_on_exactly_the_scored_noisy_images(tm
     )
     assert f"n2v-test minus bm3d: {row['psnr'] - 28.6:+.2f} dB" in text
     assert "| bm3d: BM3D | 28.60 | 0.8000 |" in text
+
+
+def test_summary_states_what_training_without_clean_images_costs():
+    summary = _script("summary")
+    row = {"sigma": 25.0, "input_psnr": 20.5, "steps": 1000}
+    doc = {
+        "rows": {
+            "n2v-test@25": dict(row, name="n2v-test", psnr=26.32),
+            "supervised-train400@25": dict(row, name="supervised-train400", psnr=28.02),
+        }
+    }
+    text = "\n".join(summary.self_supervised_section(doc, _denoising_doc((31.0, 28.6, 25.6))))
+    assert "n2v-test 26.32, supervised-train400 28.02" in text
+    assert "costs 1.70 dB against clean references" in text
+    assert "Not measured yet" in "\n".join(summary.self_supervised_section(None, None))
