@@ -28,7 +28,8 @@ shows, read from ``docs/benchmarks/denoising.json`` (not recomputed), the bundle
 and the classical denoisers at the same sigma.
 
 Writes ``docs/benchmarks/self-supervised.json`` and ``.md``; a row already measured with
-the same settings is skipped (``--redo`` measures it again). Models are kept in
+the same settings is skipped (``--redo`` measures it again), and rows of other settings
+(``--steps 4000``, ``--mask-fraction 0.05``) are kept beside the others. Models are kept in
 ``training/self-supervised/`` (not tracked).
 """
 
@@ -222,8 +223,27 @@ def references(sigma: float, denoising: dict[str, Any] | None) -> list[dict[str,
     return rows
 
 
-def _key(name: str, sigma: float) -> str:
-    return f"{name}@{sigma:g}"
+def _key(name: str, sigma: float, settings: dict[str, Any]) -> str:
+    """A row's place in the JSON file: its name, noise level and every setting it depends on."""
+    return f"{name}@{sigma:g} " + json.dumps(settings, sort_keys=True)
+
+
+def _budget(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that make a supervised and a Noise2Void row comparable (all but the mask)."""
+    return {k: v for k, v in settings.items() if k != "mask_fraction"}
+
+
+def _variant(row: dict[str, Any]) -> str:
+    s = row["settings"]
+    text = f"{row['steps']} steps x {s['batch_size']} patches of {s['patch_size']}, lr {s['lr']:g}"
+    return text + (f", mask {s['mask_fraction']:g}" if row.get("mode") == "noise2void" else "")
+
+
+def rows_at(doc: dict[str, Any], sigma: float) -> list[dict[str, Any]]:
+    """The trained rows at one noise level: in the order of ``ROWS``, then by steps and mask."""
+    rows = [r for r in doc["rows"].values() if r["sigma"] == sigma and r["name"] in ROWS]
+    order = list(ROWS)
+    return sorted(rows, key=lambda r: (order.index(r["name"]), r["steps"], r["settings"]["mask_fraction"]))
 
 
 def markdown(doc: dict[str, Any], denoising: dict[str, Any] | None) -> str:
@@ -242,7 +262,7 @@ def markdown(doc: dict[str, Any], denoising: dict[str, Any] | None) -> str:
     ]
     sigmas = sorted({r["sigma"] for r in doc["rows"].values()})
     for sigma in sigmas:
-        rows = [doc["rows"][_key(n, sigma)] for n in ROWS if _key(n, sigma) in doc["rows"]]
+        rows = rows_at(doc, sigma)
         lines += [
             "",
             f"## sigma {sigma:g}",
@@ -251,11 +271,9 @@ def markdown(doc: dict[str, Any], denoising: dict[str, Any] | None) -> str:
             "|---|---:|---:|---:|---|",
         ]
         for r in rows:
-            s = r["settings"]
             lines.append(
                 f"| {r['name']}: {r['description']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                f"{r['train_seconds']:.0f} | {r['steps']} steps x {s['batch_size']} patches of "
-                f"{s['patch_size']}, lr {s['lr']:g}, mask {s['mask_fraction']:g} (Noise2Void rows) |"
+                f"{r['train_seconds']:.0f} | {_variant(r)} |"
             )
         for r in references(sigma, denoising):
             ssim = f"{r['ssim']:.4f}" if r.get("ssim") is not None else "-"
@@ -270,16 +288,25 @@ def markdown(doc: dict[str, Any], denoising: dict[str, Any] | None) -> str:
 
 def findings(sigma: float, doc: dict[str, Any], denoising: dict[str, Any] | None) -> list[str]:
     """Differences stated from the numbers (nothing here is written by hand)."""
-    got = {n: doc["rows"][_key(n, sigma)]["psnr"] for n in ROWS if _key(n, sigma) in doc["rows"]}
+    rows = rows_at(doc, sigma)
     ref = {r["name"]: r["psnr"] for r in references(sigma, denoising)}
     out = []
-    sup = got.get("supervised-train400")
-    for n in ("n2v-test", "n2v-train400"):
-        if n in got and sup is not None:
-            out.append(f"{n} minus supervised-train400 (same network and budget): {got[n] - sup:+.2f} dB")
-        for r in ("bm3d", "nlm"):
-            if n in got and r in ref:
-                out.append(f"{n} minus {r}: {got[n] - ref[r]:+.2f} dB")
+    for r in rows:
+        if r["name"] == "supervised-train400":
+            continue
+        label = f"{r['name']} ({_variant(r)})"
+        sup = [
+            q
+            for q in rows
+            if q["name"] == "supervised-train400" and _budget(q["settings"]) == _budget(r["settings"])
+        ]
+        if sup:
+            out.append(
+                f"{label} minus supervised-train400 (same network and budget): {r['psnr'] - sup[0]['psnr']:+.2f} dB"
+            )
+        for name in ("bm3d", "nlm"):
+            if name in ref:
+                out.append(f"{label} minus {name}: {r['psnr'] - ref[name]:+.2f} dB")
     return out
 
 
@@ -324,13 +351,13 @@ def main(argv: list[str] | None = None) -> None:
     for sigma in args.sigmas:
         for name in args.only or list(ROWS):
             doc = _load()
-            old = doc["rows"].get(_key(name, sigma))
-            if old is not None and old["settings"] == row_settings(args) and not args.redo:
+            key = _key(name, sigma, row_settings(args))
+            if key in doc["rows"] and not args.redo:
                 print(f"{name} at sigma {sigma:g}: already measured with these settings, skipped")
                 continue
             row = run_row(name, sigma, args, train_files, test_files)
             doc = _load()  # another process may have added rows meanwhile
-            doc["rows"][_key(name, sigma)] = row
+            doc["rows"][key] = row
             doc["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
             _write(doc)
             print(json.dumps(row), flush=True)

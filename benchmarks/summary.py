@@ -383,11 +383,13 @@ def self_supervised_section(doc: dict[str, Any] | None, denoising: dict[str, Any
     ]
     methods = (denoising or {}).get("methods", {})
     for sigma in sorted({r["sigma"] for r in doc["rows"].values()}):
-        got = {r["name"]: r for r in doc["rows"].values() if r["sigma"] == sigma}
+        rows = sorted((r for r in doc["rows"].values() if r["sigma"] == sigma), key=lambda r: r["steps"])
+        sup = next((r for r in rows if r["name"] == "supervised-train400"), rows[0])
+        main_rows = {r["name"]: r for r in rows if r["settings"] == sup["settings"]}
         parts = [
-            f"{n} {got[n]['psnr']:.2f}"
+            f"{n} {main_rows[n]['psnr']:.2f}"
             for n in ("n2v-test", "n2v-train400", "supervised-train400")
-            if n in got
+            if n in main_rows
         ]
         for key, label in (("bm3d", "BM3D"), ("nlm", "non-local means")):
             try:
@@ -396,15 +398,18 @@ def self_supervised_section(doc: dict[str, Any] | None, denoising: dict[str, Any
                 )
             except KeyError:
                 pass
-        first = next(iter(got.values()))
-        line = (
-            f"- sigma {sigma:g} (noisy input {first['input_psnr']:.2f}, {first['steps']} steps): "
-            + ", ".join(parts)
+        line = f"- sigma {sigma:g} (noisy input {sup['input_psnr']:.2f}, {sup['steps']} steps): " + ", ".join(
+            parts
         )
-        if "n2v-test" in got and "supervised-train400" in got:
-            gap = got["n2v-test"]["psnr"] - got["supervised-train400"]["psnr"]
+        if "n2v-test" in main_rows and "supervised-train400" in main_rows:
+            gap = main_rows["n2v-test"]["psnr"] - main_rows["supervised-train400"]["psnr"]
             line += f"; training on the noisy images alone costs {-gap:.2f} dB against clean references"
-        lines.append(line + ".")
+        others = [
+            f"{r['name']} with {r['steps']} steps, mask {r['settings']['mask_fraction']:g}: {r['psnr']:.2f}"
+            for r in rows
+            if r["settings"] != sup["settings"]
+        ]
+        lines.append(line + (f". Other budgets: {'; '.join(others)}." if others else "."))
     return lines + [""]
 
 

@@ -705,33 +705,47 @@ def test_self_supervised_trains_noise2void_on_exactly_the_scored_noisy_images(tm
     assert row["psnr"] > row["input_psnr"] + 1.0  # learned to denoise with no clean image
     assert (tmp_path / "models" / "n2v-test-s25.safetensors").is_file()
 
-    doc = {
-        "rows": {
-            "n2v-test@25": row,
-            "supervised-train400@25": dict(row, name="supervised-train400", psnr=30.0),
-        }
-    }
+    supervised = dict(row, name="supervised-train400", mode="supervised", psnr=30.0)
+    longer = dict(row, steps=800, psnr=row["psnr"] + 0.5, settings=dict(row["settings"], steps=800))
+    doc = {"rows": {str(i): r for i, r in enumerate((longer, supervised, row))}}
     denoising = {
         "methods": {"bm3d": {"datasets": {"bsd68": {"results": {"25": {"psnr": 28.6, "ssim": 0.8}}}}}}
     }
     text = ss.markdown(doc, denoising)
+    label = "n2v-test (200 steps x 8 patches of 32, lr 0.003, mask 0.03)"
     assert (
-        f"n2v-test minus supervised-train400 (same network and budget): {row['psnr'] - 30.0:+.2f} dB" in text
+        f"{label} minus supervised-train400 (same network and budget): {row['psnr'] - 30.0:+.2f} dB" in text
     )
-    assert f"n2v-test minus bm3d: {row['psnr'] - 28.6:+.2f} dB" in text
+    assert f"{label} minus bm3d: {row['psnr'] - 28.6:+.2f} dB" in text
     assert "| bm3d: BM3D | 28.60 | 0.8000 |" in text
+    # a row of another budget is listed after the first, and not compared with a supervised row it does not match
+    assert text.index("| 200 steps x 8") < text.index("| 800 steps x 8")
+    assert "(800 steps x 8 patches of 32, lr 0.003, mask 0.03) minus supervised" not in text
+    assert "(800 steps x 8 patches of 32, lr 0.003, mask 0.03) minus bm3d" in text
 
 
 def test_summary_states_what_training_without_clean_images_costs():
     summary = _script("summary")
-    row = {"sigma": 25.0, "input_psnr": 20.5, "steps": 1000}
+    row = {
+        "sigma": 25.0,
+        "input_psnr": 20.5,
+        "steps": 1000,
+        "settings": {"steps": 1000, "mask_fraction": 0.02},
+    }
+    longer = dict(
+        row, name="n2v-test", psnr=26.7, steps=4000, settings={"steps": 4000, "mask_fraction": 0.02}
+    )
     doc = {
         "rows": {
-            "n2v-test@25": dict(row, name="n2v-test", psnr=26.32),
-            "supervised-train400@25": dict(row, name="supervised-train400", psnr=28.02),
+            "a": longer,
+            "b": dict(row, name="n2v-test", psnr=26.32),
+            "c": dict(row, name="supervised-train400", psnr=28.02),
         }
     }
     text = "\n".join(summary.self_supervised_section(doc, _denoising_doc((31.0, 28.6, 25.6))))
     assert "n2v-test 26.32, supervised-train400 28.02" in text
-    assert "costs 1.70 dB against clean references" in text
+    assert (
+        "costs 1.70 dB against clean references. Other budgets: n2v-test with 4000 steps, mask 0.02: 26.70."
+        in text
+    )
     assert "Not measured yet" in "\n".join(summary.self_supervised_section(None, None))
