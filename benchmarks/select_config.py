@@ -72,6 +72,26 @@ def split_train400(folder: Path) -> tuple[list[Path], list[Path]]:
     return train, val
 
 
+def budget_config(args: argparse.Namespace, sigma_min: float, sigma_max: float) -> dict[str, Any]:
+    """The training settings of a short equal-budget run: ``args.steps`` steps in epochs of 100,
+    ``args.batch_size`` patches of ``args.patch_size``, peak ``args.lr`` after a short warm-up,
+    no validation split, on the CPU."""
+    epochs = max(1, args.steps // 100)
+    return {
+        "epochs": epochs,
+        "steps_per_epoch": args.steps // epochs,
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "lr": args.lr,
+        "warmup_steps": min(100, args.steps // 10),
+        "sigma_min": sigma_min,
+        "sigma_max": sigma_max,
+        "val_fraction": 0.0,
+        "seed": args.seed,
+        "device": "cpu",
+    }
+
+
 def run_candidate(
     name: str, args: argparse.Namespace, train_files: list[Path], val_files: list[Path]
 ) -> dict:
@@ -83,20 +103,7 @@ def run_candidate(
     out = MODELS_DIR / f"{name}.safetensors"
     torch.manual_seed(args.seed)
     model = create_model(arch, **settings)
-    epochs = max(1, args.steps // 100)
-    config = {
-        "epochs": epochs,
-        "steps_per_epoch": args.steps // epochs,
-        "batch_size": args.batch_size,
-        "patch_size": args.patch_size,
-        "lr": args.lr,
-        "warmup_steps": min(100, args.steps // 10),
-        "sigma_min": 0.0,
-        "sigma_max": 55.0,
-        "val_fraction": 0.0,
-        "seed": args.seed,
-        "device": "cpu",
-    }
+    config = budget_config(args, 0.0, 55.0)
     command = (
         f"python benchmarks/select_config.py <Train400> --only {name} --steps {args.steps} "
         f"--batch-size {args.batch_size} --patch-size {args.patch_size} --lr {args.lr} --seed {args.seed}"

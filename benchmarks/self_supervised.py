@@ -40,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,16 @@ REFERENCES: dict[str, str] = {
     "nlm": "non-local means (scikit-image)",
 }
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".bmp"}
+
+
+def _select_config() -> Any:
+    """``benchmarks/select_config.py`` (its equal-budget training settings), imported by path."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import select_config
+
+    return select_config
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -132,7 +143,7 @@ def row_settings(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "mask_fraction": args.mask_fraction,
         "seed": args.seed,
-        "bf16": bool(getattr(args, "bf16", False)),
+        "bf16": args.bf16,
         "network": {k: list(v) if isinstance(v, tuple) else v for k, v in NETWORK.items()},
     }
 
@@ -152,29 +163,15 @@ def run_row(
     data = training_data(name, sigma, train_files, test_files, args.seed)
     torch.manual_seed(args.seed)
     model = na.create_model("addunet", **(network or NETWORK))
-    epochs = max(1, args.steps // 100)
-    config = {
-        "epochs": epochs,
-        "steps_per_epoch": args.steps // epochs,
-        "batch_size": args.batch_size,
-        "patch_size": args.patch_size,
-        "lr": args.lr,
-        "warmup_steps": min(100, args.steps // 10),
-        "sigma_min": sigma,
-        "sigma_max": sigma,
-        "mask_fraction": args.mask_fraction,
-        "val_fraction": 0.0,
-        "seed": args.seed,
-        "device": "cpu",
-        "cpu_bf16": bool(getattr(args, "bf16", False)),
-    }
+    config = _select_config().budget_config(args, sigma, sigma)
+    config.update(mask_fraction=args.mask_fraction, cpu_bf16=args.bf16)
     models_dir.mkdir(parents=True, exist_ok=True)
     out = models_dir / f"{name}-s{sigma:g}.safetensors"
     command = (
         f"python benchmarks/self_supervised.py --data <data> --only {name} --sigmas {sigma:g} "
         f"--steps {args.steps} --batch-size {args.batch_size} --patch-size {args.patch_size} "
         f"--lr {args.lr} --mask-fraction {args.mask_fraction} --seed {args.seed}"
-        + (" --bf16" if getattr(args, "bf16", False) else "")
+        + (" --bf16" if args.bf16 else "")
     )
     t0 = time.perf_counter()
     result = na.train(data, model, config, callback=lambda e: _log(name, sigma, e))

@@ -678,6 +678,13 @@ def test_self_supervised_trains_noise2void_on_exactly_the_scored_noisy_images(tm
             crop = camera[offset + 64 * i : offset + 64 * i + 64, 200:264]
             imsave(tmp_path / folder / f"{i}.png", crop, check_contrast=False)
     train_files = ss.image_files(tmp_path / "train400")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no images in"):
+        ss.image_files(tmp_path / "empty")
+    with pytest.raises(SystemExit, match="no folder"):
+        ss.image_files(tmp_path / "missing")
+    with pytest.raises(ValueError, match="unknown row 'n2s'"):
+        ss.training_data("n2s", 25.0, train_files, train_files, seed=0)
     test_files = ss.image_files(tmp_path / "bsd68")
     data = ss.training_data("n2v-test", 25.0, train_files, test_files, seed=0)
     assert data.mode == "noise2void"
@@ -691,7 +698,9 @@ def test_self_supervised_trains_noise2void_on_exactly_the_scored_noisy_images(tm
         assert abs(float(plane.std()) - float(same_seed.std())) < 0.05 and not np.allclose(plane, same_seed)
     assert ss.training_data("supervised-train400", 25.0, train_files, test_files, 0).mode == "supervised"
 
-    args = ss.argparse.Namespace(steps=200, batch_size=8, patch_size=32, lr=3e-3, mask_fraction=0.03, seed=0)
+    args = ss.argparse.Namespace(
+        steps=200, batch_size=8, patch_size=32, lr=3e-3, mask_fraction=0.03, seed=0, bf16=False
+    )
     row = ss.run_row(
         "n2v-test",
         25.0,
