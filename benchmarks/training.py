@@ -6,7 +6,8 @@ Run by hand (not in CI), from the repository root:
     python benchmarks/training.py --steps 4       # quicker, noisier
 
 Measures, in one process and one run, the training throughput (patches per second) of
-AddUNet, U-Net and DnCNN at their default sizes and of the bundled denoiser's configuration,
+AddUNet, U-Net and DnCNN at their default sizes and of the bundled denoiser's configuration
+(read from the shipped weight file, so the row follows the model that is bundled),
 in float32 and (on CPUs with native bfloat16) with ``cpu_bf16``, through the real training loop
 (``napari_addunet.engine.training.train_events``): random 64 x 64 patches of scikit-image's
 sample images, blind Gaussian noise, AdamW, gradient clipping, batch 16. Each model first
@@ -27,15 +28,36 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS: dict[str, tuple[str, dict]] = {
-    "addunet": ("addunet", {}),
-    "addunet ms-c64 (bundled)": (
-        "addunet",
-        {"multiscale": True, "kernels": (3, 3, 3, 3), "convs_per_level": 2, "width": 64},
-    ),
-    "unet": ("unet", {}),
-    "dncnn": ("dncnn", {}),
-}
+BUNDLED = "addunet-gray-blind"
+
+
+def _bundled_settings() -> dict:
+    """The bundled denoiser's architecture settings, read from the shipped weight file's header."""
+    from napari_addunet.engine.checkpoint import bundled_models, read_header
+
+    header = read_header(bundled_models()[BUNDLED])
+    return dict(header["config"])
+
+
+def _describe(config: dict) -> str:
+    """A short account of an AddUNet configuration, e.g. ``multi-scale, C=96, 2-4-4-4 3x3 convolutions``."""
+    convs = config.get("level_convs") or [config.get("convs_per_level", 2)] * len(config["kernels"])
+    kernels = sorted(set(config["kernels"]))
+    kind = "multi-scale" if config.get("multiscale") else "constant-resolution"
+    ks = "/".join(f"{k}x{k}" for k in kernels)
+    return (
+        f"{kind}, C={config['width']}, {len(convs)} levels of {'-'.join(map(str, convs))} {ks} convolutions"
+    )
+
+
+def _models() -> dict[str, tuple[str, dict]]:
+    """The rows: defaults of three architectures and the bundled denoiser's configuration."""
+    return {
+        "addunet": ("addunet", {}),
+        f"addunet {BUNDLED} (bundled)": ("addunet", _bundled_settings()),
+        "unet": ("unet", {}),
+        "dncnn": ("dncnn", {}),
+    }
 
 
 def _images() -> list[np.ndarray]:
@@ -45,42 +67,19 @@ def _images() -> list[np.ndarray]:
     return [np.asarray(g) for g in grey]
 
 
-def _flops_per_pixel(model: torch.nn.Module) -> float:
-    """Multiply-adds x 2 of one forward pass per input pixel, counted on a 64 x 64 input."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        kk = module.kernel_size[0] * module.kernel_size[1]
-        if isinstance(
-            module, torch.nn.ConvTranspose2d
-        ):  # each input value feeds out_channels x k x k outputs
-            total += 2 * inputs[0].numel() * kk * module.out_channels // module.groups
-        elif isinstance(module, torch.nn.Conv2d):
-            total += 2 * output.numel() * kk * module.in_channels // module.groups
-
-    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, convs)]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 1, 64, 64))
-    finally:
-        for h in handles:
-            h.remove()
-    return total / (64 * 64)
-
-
-def measure(name: str, steps: int, warmup: int, batch: int, patch: int, bf16: bool = False) -> dict:
+def measure(
+    name: str, arch: str, settings: dict, steps: int, warmup: int, batch: int, patch: int, bf16: bool = False
+) -> dict:
+    from napari_addunet.engine.complexity import macs_per_pixel
     from napari_addunet.engine.datasets import clean_data
     from napari_addunet.engine.training import train_events
     from napari_addunet.engine.training_events import StepDone
     from napari_addunet.models import create_model
 
     torch.manual_seed(0)
-    arch, settings = MODELS[name]
     model = create_model(arch, **settings)
     params = model.num_parameters()
-    fpp = _flops_per_pixel(model)
+    fpp = 2 * macs_per_pixel(model)  # one multiply-accumulate = 2 FLOPs
     config = dict(
         epochs=1,
         steps_per_epoch=warmup + steps,
@@ -116,7 +115,9 @@ def measure(name: str, steps: int, warmup: int, batch: int, patch: int, bf16: bo
     }
 
 
-def write_report(rows: list[dict], args: argparse.Namespace, command: str, load: tuple[float, float]) -> Path:
+def write_report(
+    rows: list[dict], args: argparse.Namespace, command: str, load: tuple[float, float], bundled: str
+) -> Path:
     out = ROOT / "docs" / "benchmarks" / "training.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -131,19 +132,23 @@ def write_report(rows: list[dict], args: argparse.Namespace, command: str, load:
         f"Measured {datetime.date.today().isoformat()} with torch {torch.__version__} on "
         f"{platform.machine()} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads), "
         "all models and precisions in one run.",
-        f"Load average before / after the run: {load[0]:.1f} / {load[1]:.1f}. The machine was shared with "
-        "other jobs (including a background training run), so the absolute numbers are noisy: compare the "
-        "models with each other rather than with another machine.",
+        f"Load average before / after the run: {load[0]:.1f} / {load[1]:.1f}"
+        + (
+            " (above the 2 threads of the run: other jobs shared the cores, so the absolute numbers are "
+            "noisy; compare the models with each other rather than with another machine)."
+            if max(load) > 2.5
+            else "."
+        ),
         "",
         f"Each step: {args.batch} random {args.patch} x {args.patch} patches of scikit-image's sample images, "
         "blind Gaussian noise (sigma 0-55), forward, MSE, backward, gradient clipping, AdamW, through the "
         f"real loop (`train_events`). {args.warmup} warm-up steps, then the median of {args.steps} timed "
         "steps. Default sizes (`create_model(name)` with no settings), and the bundled denoiser's "
-        "configuration (multi-scale, C=64, 4 levels of two 3x3 convolutions). bfloat16 rows train with "
+        f"configuration, read from its weight file ({bundled}). bfloat16 rows train with "
         "`cpu_bf16=True` (autocast; weights and optimizer in float32); the last column is the speed-up "
         "over the same model in float32.",
         "",
-        "| model | precision | parameters | MFLOP / pixel (forward) | patches / s | s / step (median, min-max) "
+        "| model | precision | parameters | MFLOP / pixel (forward, 2 x MACs) | patches / s | s / step (median, min-max) "
         "| GFLOP/s (x3 fwd) | speed-up |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -179,18 +184,20 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     from napari_addunet.engine.training import cpu_has_bf16
 
+    models = _models()
     rows = []
-    for name in MODELS:
+    for name, (arch, settings) in models.items():
         for bf16 in (False, True) if cpu_has_bf16() else (False,):
             t0 = time.perf_counter()
-            row = measure(name, args.steps, args.warmup, args.batch, args.patch, bf16)
+            row = measure(name, arch, settings, args.steps, args.warmup, args.batch, args.patch, bf16)
             rows.append(row)
             print(
                 f"{name:8s} {row['precision']:8s} {row['patches_per_s']:7.1f} patches/s  ({row['seconds_per_step']:.2f} s/step, "
                 f"{row['gflops']:.0f} GFLOP/s, {time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
-    out = write_report(rows, args, command, (load0, os.getloadavg()[0]))
+    bundled = _describe(models[f"addunet {BUNDLED} (bundled)"][1])
+    out = write_report(rows, args, command, (load0, os.getloadavg()[0]), bundled)
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

@@ -758,3 +758,19 @@ def test_summary_states_what_training_without_clean_images_costs():
         in text
     )
     assert "Not measured yet" in "\n".join(summary.self_supervised_section(None, None))
+
+
+def test_training_benchmark_rows_follow_the_bundled_weights_and_time_real_steps():
+    bench = _script("training")
+    rows = bench._models()
+    name = f"addunet {bench.BUNDLED} (bundled)"
+    arch, settings = rows[name]
+    shipped = na.load_model(bench.BUNDLED)
+    built = na.create_model(arch, **settings)
+    assert built.num_parameters() == shipped.num_parameters()
+    assert f"C={shipped.config.width}" in bench._describe(settings)
+    row = bench.measure("dncnn", "dncnn", {"depth": 3, "width": 8}, steps=2, warmup=1, batch=2, patch=16)
+    assert row["steps"] == 2 and row["seconds_per_step"] > 0
+    assert row["mflop_per_pixel"] == pytest.approx(
+        2 * na.macs_per_pixel(na.create_model("dncnn", depth=3, width=8)) / 1e6
+    )
