@@ -33,10 +33,9 @@ BUNDLED = "addunet-gray-blind"
 
 def _bundled_settings() -> dict:
     """The bundled denoiser's architecture settings, read from the shipped weight file's header."""
-    from napari_addunet.engine.checkpoint import bundled_models, read_header
+    import napari_addunet as na
 
-    header = read_header(bundled_models()[BUNDLED])
-    return dict(header["config"])
+    return dict(na.read_header(na.bundled_models()[BUNDLED])["config"])
 
 
 def _describe(config: dict) -> str:
@@ -119,6 +118,7 @@ def write_report(
     rows: list[dict], args: argparse.Namespace, command: str, load: tuple[float, float], bundled: str
 ) -> Path:
     out = ROOT / "docs" / "benchmarks" / "training.md"
+    threads = torch.get_num_threads()
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Training throughput (CPU)",
@@ -130,13 +130,13 @@ def write_report(
         "```",
         "",
         f"Measured {datetime.date.today().isoformat()} with torch {torch.__version__} on "
-        f"{platform.machine()} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads), "
+        f"{platform.machine()} ({os.cpu_count()} logical CPUs, {threads} torch threads), "
         "all models and precisions in one run.",
         f"Load average before / after the run: {load[0]:.1f} / {load[1]:.1f}"
         + (
-            " (above the 2 threads of the run: other jobs shared the cores, so the absolute numbers are "
-            "noisy; compare the models with each other rather than with another machine)."
-            if max(load) > 2.5
+            f" (above the {threads} threads of the run: other jobs shared the cores, so the absolute "
+            "numbers are noisy; compare the models with each other rather than with another machine)."
+            if max(load) > threads + 0.5
             else "."
         ),
         "",
