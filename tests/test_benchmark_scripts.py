@@ -489,19 +489,24 @@ def test_summary_states_the_table_ratio_only_for_rows_timed_side_by_side():
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM, which only Linux has")
 def test_activation_memory_measures_a_real_growth_close_to_the_tile_estimate():
-    """One fresh-process measurement: a 512 x 512 forward pass grows the resident set by about
-    the estimate that sizes the default tiles (the live tensors of a probe pass)."""
+    """One fresh-process measurement: a 768 x 768 forward pass grows the resident set by about
+    the estimate that sizes the default tiles (the live tensors of a probe pass). At 512 px the
+    allocator's fixed noise spreads the ratio over 0.85-0.95; at 768 px it stays near 0.97."""
     act = _script("activation_memory")
-    row = act.measure("default-addunet", "engine", 512)
+    row = act.measure("default-addunet", "engine", 768)
     assert row["after"] > row["before"]
     assert 0.8 * row["estimate"] < row["bytes_per_pixel"] < 1.2 * row["estimate"], row
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM, which only Linux has")
 def test_banded_branches_lower_the_measured_memory_of_the_bundled_model():
-    """Fresh processes, bands on and off: the resident set grows measurably less with bands."""
+    """Fresh processes, bands on and off: the resident set grows measurably less with bands.
+
+    768 px, not 512: the allocator's noise is a roughly fixed number of bytes (tens of MB), so a
+    small image turns it into a large share of the per-pixel figure; at 512 px one run measured
+    874 B/px with bands where others measure about 700 (945 without)."""
     act = _script("activation_memory")
-    on, off = (act.measure("addunet-gray-blind", "engine", 512, bands) for bands in ("on", "off"))
+    on, off = (act.measure("addunet-gray-blind", "engine", 768, bands) for bands in ("on", "off"))
     assert on["bytes_per_pixel"] < 0.9 * off["bytes_per_pixel"], (on, off)
     assert on["cpu_s"] > 0 and off["cpu_s"] > 0
 
