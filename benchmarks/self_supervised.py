@@ -30,7 +30,8 @@ and the classical denoisers at the same sigma.
 Writes ``docs/benchmarks/self-supervised.json`` and ``.md``; a row already measured with
 the same settings is skipped (``--redo`` measures it again), and rows of other settings
 (``--steps 4000``, ``--mask-fraction 0.05``) are kept beside the others. Models are kept in
-``training/self-supervised/`` (not tracked).
+``training/self-supervised/`` (not tracked). ``--render`` measures nothing and rewrites the
+``.md`` from the JSON files, for when ``denoising.json`` has changed (a rebundled model).
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ def _sigmas(text: str) -> list[float]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="folder with train400/ and bsd68/")
+    p.add_argument("--data", type=Path, help="folder with train400/ and bsd68/ (needed unless --render)")
     p.add_argument("--only", nargs="+", choices=list(ROWS))
     p.add_argument("--sigmas", type=_sigmas, default=[25.0])
     p.add_argument("--steps", type=int, default=1000)
@@ -340,7 +341,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPUs with native bfloat16)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--redo", action="store_true")
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: rewrite the .md from the JSON files (after denoising.json changed)",
+    )
     args = p.parse_args(argv)
+    if args.render:
+        if not OUT_JSON.exists():
+            raise SystemExit(f"{OUT_JSON.name} does not exist yet: measure the rows first")
+        _write(_load())
+        print(f"wrote {OUT_MD.name}")
+        return
+    if args.data is None:
+        p.error("--data is required to measure rows (only --render goes without it)")
     if args.threads:
         torch.set_num_threads(args.threads)
     train_files = image_files(args.data / "train400")

@@ -779,3 +779,25 @@ def test_training_benchmark_rows_follow_the_bundled_weights_and_time_real_steps(
     assert row["mflop_per_pixel"] == pytest.approx(
         2 * na.macs_per_pixel(na.create_model("dncnn", depth=3, width=8)) / 1e6
     )
+
+
+def test_self_supervised_render_rewrites_the_table_from_the_json_files_alone(tmp_path, monkeypatch):
+    ss = _script("self_supervised")
+    for name in ("OUT_JSON", "OUT_MD", "DENOISING_JSON"):
+        monkeypatch.setattr(ss, name, tmp_path / getattr(ss, name).name)
+    with pytest.raises(SystemExit, match="does not exist yet"):
+        ss.main(["--render"])
+    assert not ss.OUT_MD.exists()
+    with pytest.raises(SystemExit):  # argparse: measuring needs the data folder
+        ss.main([])
+    measured = json.loads((ROOT / "docs" / "benchmarks" / "self-supervised.json").read_text())
+    row = dict(next(iter(measured["rows"].values())), psnr=26.3)  # a row as the script writes it
+    ss.OUT_JSON.write_text(json.dumps({"rows": {"a": row}}))
+    ss.DENOISING_JSON.write_text(json.dumps(_denoising_doc((31.61, 29.15, 26.19))))
+    ss.main(["--render"])
+    first = ss.OUT_MD.read_text()
+    assert "| 26.32 |" not in first and "| 26.30 |" in first and "29.15" in first
+    ss.DENOISING_JSON.write_text(json.dumps(_denoising_doc((31.61, 29.17, 26.19))))
+    ss.main(["--render"])
+    assert "29.17" in ss.OUT_MD.read_text() and "29.15" not in ss.OUT_MD.read_text()
+    assert json.loads(ss.OUT_JSON.read_text()) == {"rows": {"a": row}}  # the measurements untouched
