@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -179,12 +180,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(json.dumps({k: v for k, v in res.items() if k != "levels"}), flush=True)
     model_name = args.model if args.model in na.bundled_models() else Path(args.model).name
+    weights = Path(na.bundled_models().get(args.model) or args.model)
     doc = {
         "command": "python benchmarks/gate_sweep.py <BSD68>"
         + (f" --model {model_name}" if args.model != "addunet-gray-blind" else "")
         + f" --images {args.images} --sigmas {args.sigmas} --points {args.points}",
         "model": model_name,
         "gates": list(model.gates),
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None,
         "images": [n for n, _ in images],
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
 
     atomic_write_text(OUT_JSON, json.dumps(doc, indent=2) + "\n")
     atomic_write_text(OUT_MD, markdown(doc))
-    print(f"wrote {OUT_MD.relative_to(ROOT)}")
+    print(f"wrote {OUT_MD.name}")
 
 
 if __name__ == "__main__":

@@ -351,13 +351,31 @@ def multitask_section(doc: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def gate_section(doc: dict[str, Any] | None) -> list[str]:
+def _gate_sweep_weights(doc: dict[str, Any], denoising: dict[str, Any] | None) -> str:
+    """Whether the sweep ran on the weights the denoising table scored as the bundled model."""
+    bundled = ((denoising or {}).get("methods") or {}).get("addunet-bundled") or {}
+    if doc["model"] != bundled.get("source") or not bundled.get("sha256"):
+        return ""
+    rerun = f" (rerun: `{doc['command']}`)"
+    if doc.get("weights_sha256"):
+        if doc["weights_sha256"] == bundled["sha256"]:
+            return ""
+        return f" **Measured {doc['date']} on earlier weights of {doc['model']}**{rerun}."
+    if doc.get("date", "") < bundled.get("date", ""):
+        return (
+            f" **Measured {doc['date']}, before the bundled row was scored ({bundled['date']}), "
+            f"and without a record of its weights: probably on earlier weights**{rerun}."
+        )
+    return ""
+
+
+def gate_section(doc: dict[str, Any] | None, denoising: dict[str, Any] | None = None) -> list[str]:
     lines = ["## Gate sweep (the paper's Fig. 5)", ""]
     if not doc:
         return lines + ["Not measured yet: `python benchmarks/gate_sweep.py <BSD68>`.", ""]
     lines += [
         f"Full tables and figures: [benchmarks/gate-sweep.md](benchmarks/gate-sweep.md) "
-        f"({doc['model']}, first {len(doc['images'])} BSD68 images).",
+        f"({doc['model']}, first {len(doc['images'])} BSD68 images)." + _gate_sweep_weights(doc, denoising),
         "",
     ]
     for res in doc["results"]:
@@ -425,7 +443,7 @@ def main() -> None:
     lines += denoising_section(_load("denoising.json"), _load("cpu-time.json"), _load("cpu-time-1024.json"))
     lines += selection_section(_load("config-selection.json"))
     lines += multitask_section(_load("multitask.json"))
-    lines += gate_section(_load("gate-sweep.json"))
+    lines += gate_section(_load("gate-sweep.json"), _load("denoising.json"))
     lines += self_supervised_section(_load("self-supervised.json"), _load("denoising.json"))
     lines += [
         "## Engine and GUI",

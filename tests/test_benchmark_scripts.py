@@ -801,3 +801,51 @@ def test_self_supervised_render_rewrites_the_table_from_the_json_files_alone(tmp
     ss.main(["--render"])
     assert "29.17" in ss.OUT_MD.read_text() and "29.15" not in ss.OUT_MD.read_text()
     assert json.loads(ss.OUT_JSON.read_text()) == {"rows": {"a": row}}  # the measurements untouched
+
+
+def test_summary_marks_a_gate_sweep_made_on_other_weights_than_the_scored_bundled_model():
+    summary = _script("summary")
+    levels = [{"level": i, "psnr_at_zero": 20.0 + i, "best_psnr": 29.0} for i in range(4)]
+    sweep = {"command": "python benchmarks/gate_sweep.py <BSD68> --images 10", "model": "addunet-gray-blind"}
+    sweep.update(
+        images=["a"] * 10,
+        date="2026-12-03",
+        results=[{"sigma": 25.0, "psnr_learned": 29.0, "levels": levels}],
+    )
+    denoising = _denoising_doc((31.6, 29.1, 26.2))
+    denoising["methods"]["addunet-bundled"].update(
+        source="addunet-gray-blind", sha256="new", date="2026-12-05"
+    )
+
+    def text(doc):
+        return "\n".join(summary.gate_section(doc, denoising))
+
+    assert "earlier weights" in text(sweep)  # no hash recorded, made before the row was scored
+    assert "earlier weights" in text(dict(sweep, weights_sha256="old", date="2026-12-06"))
+    assert "earlier weights" not in text(dict(sweep, weights_sha256="new"))
+    assert "earlier weights" not in text(dict(sweep, date="2026-12-05"))
+    assert "earlier weights" not in "\n".join(summary.gate_section(sweep, None))
+    assert "closing gate 0 costs 9.00 dB" in text(sweep)
+
+
+def test_gate_sweep_records_the_hash_of_the_weights_it_swept(tmp_path, monkeypatch):
+    import hashlib
+
+    from skimage import data as skdata
+    from skimage.io import imsave
+
+    gs = _script("gate_sweep")
+    monkeypatch.setattr(gs, "OUT_JSON", tmp_path / "gate-sweep.json")
+    monkeypatch.setattr(gs, "OUT_MD", tmp_path / "gate-sweep.md")
+    monkeypatch.setattr(gs, "FIG", tmp_path / "sweep-{sigma}.png")
+    (tmp_path / "bsd68").mkdir()
+    imsave(tmp_path / "bsd68" / "a.png", skdata.camera()[:48, :48], check_contrast=False)
+    torch.manual_seed(0)
+    weights = tmp_path / "small.safetensors"
+    na.save_model(na.create_model("addunet", width=4, kernels=(3, 3)), weights)
+    gs.main(
+        [str(tmp_path / "bsd68"), "--model", str(weights), "--images", "1", "--sigmas", "25", "--points", "3"]
+    )
+    doc = json.loads(gs.OUT_JSON.read_text())
+    assert doc["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert doc["model"] == "small.safetensors" and len(doc["gates"]) == 2
