@@ -781,7 +781,7 @@ def test_training_benchmark_rows_follow_the_bundled_weights_and_time_real_steps(
     )
 
 
-def test_self_supervised_render_rewrites_the_table_from_the_json_files_alone(tmp_path, monkeypatch):
+def test_self_supervised_render_rewrites_the_table_from_the_json_files_alone(tmp_path, monkeypatch, capsys):
     ss = _script("self_supervised")
     for name in ("OUT_JSON", "OUT_MD", "DENOISING_JSON"):
         monkeypatch.setattr(ss, name, tmp_path / getattr(ss, name).name)
@@ -790,6 +790,7 @@ def test_self_supervised_render_rewrites_the_table_from_the_json_files_alone(tmp
     assert not ss.OUT_MD.exists()
     with pytest.raises(SystemExit):  # argparse: measuring needs the data folder
         ss.main([])
+    assert "--data is required to measure rows" in capsys.readouterr().err
     measured = json.loads((ROOT / "docs" / "benchmarks" / "self-supervised.json").read_text())
     row = dict(next(iter(measured["rows"].values())), psnr=26.3)  # a row as the script writes it
     ss.OUT_JSON.write_text(json.dumps({"rows": {"a": row}}))
