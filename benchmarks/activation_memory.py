@@ -45,13 +45,10 @@ BANDED = {
 
 
 def _high_water_mark() -> int:
-    """Peak resident set in bytes: ``benchmarks/inference.py``'s reader, imported by path."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    from inference import _peak_rss_kb
+    """Peak resident set in bytes, read as ``benchmarks/inference.py`` reads it."""
+    from inference import peak_rss_kb
 
-    return _peak_rss_kb() * 1024
+    return peak_rss_kb() * 1024
 
 
 def _build(model_name: str):

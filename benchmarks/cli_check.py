@@ -33,8 +33,12 @@ COMMAND = "napari-addunet evaluate --model addunet-gray-blind --images <bsd68> -
 
 
 def sha256(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of a file, hex, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def compare(cli: dict, table_row: dict) -> dict[str, dict[str, float]]:

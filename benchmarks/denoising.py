@@ -43,13 +43,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +56,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from cli_check import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "docs" / "benchmarks"
@@ -110,14 +109,6 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _SHA_NOW: dict[str, str | None] = {}
 
 
@@ -127,7 +118,7 @@ def _sha_now(source: str) -> str | None:
         import napari_addunet as na
 
         path = na.bundled_models().get(source) or Path(source)
-        _SHA_NOW[source] = _sha256(Path(path)) if Path(path).is_file() else None
+        _SHA_NOW[source] = sha256(Path(path)) if Path(path).is_file() else None
     return _SHA_NOW[source]
 
 
@@ -158,10 +149,7 @@ def _version(package: str) -> str | None:
 
 
 def _select_config() -> Any:
-    """``benchmarks/select_config.py`` (its candidates and its Train400 split), imported by path."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
+    """``benchmarks/select_config.py``: its candidates and its Train400 split."""
     import select_config
 
     return select_config
@@ -538,7 +526,7 @@ def measure(
         model = na.load_model(method.file if method.file is not None else method.source).eval()
         entry.update(
             source=method.source,
-            sha256=_sha256(method.file) if method.file is not None else None,
+            sha256=sha256(method.file) if method.file is not None else None,
             architecture=model.architecture,
             parameters=int(sum(p.numel() for p in model.parameters())),
             macs_per_pixel=int(round(na.macs_per_pixel(model))) * method.ensemble,
@@ -608,7 +596,7 @@ def is_current(
         run = entry["datasets"].get(ds)
         if run is None or run["images"] != list(images) or run["sigmas"] != [_key(s) for s in sigmas]:
             return False
-    if method.kind == "model" and method.file is not None and entry.get("sha256") != _sha256(method.file):
+    if method.kind == "model" and method.file is not None and entry.get("sha256") != sha256(method.file):
         return False
     return entry.get("ensemble", 1) == method.ensemble
 

@@ -20,12 +20,12 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from cli_check import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_JSON = ROOT / "docs" / "benchmarks" / "gate-sweep.json"
@@ -150,16 +150,6 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def _sha256(path: Path) -> str:
-    """The hash ``benchmarks/cli_check.py`` records for the weights it checked, imported by path."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    from cli_check import sha256
-
-    return sha256(path)
-
-
 def main(argv: list[str] | None = None) -> None:
     import napari_addunet as na
     from napari_addunet.engine.evaluation import load_eval_images
@@ -197,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         + f" --images {args.images} --sigmas {args.sigmas} --points {args.points}",
         "model": model_name,
         "gates": list(model.gates),
-        "weights_sha256": _sha256(weights) if weights.is_file() else None,
+        "weights_sha256": sha256(weights) if weights.is_file() else None,
         "images": [n for n, _ in images],
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",

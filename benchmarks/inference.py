@@ -73,7 +73,7 @@ def _cpu_and_wall(fn) -> tuple[float, float]:
     return time.process_time() - c, time.perf_counter() - w
 
 
-def _peak_rss_kb() -> int:
+def peak_rss_kb() -> int:
     """This process's peak resident set in kB.
 
     ``VmHWM`` on Linux (reset by exec, unlike ``ru_maxrss``, which a child started by a large
@@ -98,7 +98,7 @@ def child(variant: str, source: str, out: str, device: str) -> None:
     from napari_addunet.engine.inference import denoise
 
     model, _ = _model()
-    base = _peak_rss_kb()
+    base = peak_rss_kb()
     t0 = time.perf_counter()
     if variant == "tiff-dask-zarr":
         import tifffile
@@ -116,7 +116,7 @@ def child(variant: str, source: str, out: str, device: str) -> None:
     else:
         raise SystemExit(f"unknown variant {variant}")
     seconds = time.perf_counter() - t0
-    peak = _peak_rss_kb()
+    peak = peak_rss_kb()
     print(json.dumps({"peak_kb": peak, "base_kb": base, "seconds": seconds}))
 
 

@@ -41,7 +41,6 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,10 +70,7 @@ IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".bmp"}
 
 
 def _select_config() -> Any:
-    """``benchmarks/select_config.py`` (its equal-budget training settings), imported by path."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
+    """``benchmarks/select_config.py``: its equal-budget training settings."""
     import select_config
 
     return select_config

@@ -17,6 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str, folder: str = "benchmarks"):
+    # Run as ``python benchmarks/NAME.py``, a script finds its siblings on its own folder.
+    here = str(ROOT / folder)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -184,6 +188,18 @@ def test_cli_check_compares_means_and_the_summary_ties_it_to_the_weights():
     assert "reproduces the bundled row" in summary.cli_check_line(dict(doc, max_psnr_diff=0.0), row)
     assert "other weights" in summary.cli_check_line(dict(doc, weights_sha256="old"), row)
     assert "not yet checked" in summary.cli_check_line(None, row)
+
+
+def test_the_weights_hash_is_read_in_chunks_and_matches_one_read(tmp_path):
+    import hashlib
+
+    check = _script("cli_check")
+    path = tmp_path / "weights.bin"
+    path.write_bytes(np.random.default_rng(0).bytes((1 << 20) * 2 + 17))  # three chunks
+    before = check.sha256(path)
+    assert before == hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_bytes(path.read_bytes()[:-1] + b"x")  # one byte changed, in the last chunk
+    assert check.sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest() != before
 
 
 def test_compare_on_split_scores_models_on_the_held_out_images_best_first(tmp_path, capsys):
