@@ -26,7 +26,7 @@ from napari_addunet.models import create_model
 
 def _tiny(**kw):
     torch.manual_seed(kw.pop("seed", 0))
-    return create_model("addunet", width=4, kernels=(3, 3), **kw).eval()
+    return create_model("addunet", **{"width": 4, "kernels": (3, 3), **kw}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,27 @@ def test_tiled_ensemble_equals_untiled(model, one_thread):
             tiled = stop.value
         assert tiled.details["tiles_per_plane"] > 1 and tiled.details["ensemble"] == 8
         np.testing.assert_allclose(tiled.denoised, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_ensemble_equals_untiled_for_a_pooling_model(one_thread):
+    # Sides that are not multiples of the pooling grid: a flipped tile must pool on the grid of
+    # the flipped whole image, which starts from the image's far edge, not the tile's.
+    pooling = _tiny(kernels=(3, 3, 3), multiscale=True)
+    assert pooling.size_multiple == 4
+    img = np.random.default_rng(1).random((151, 173)).astype(np.float32)
+    whole = denoise(pooling, img, axes="YX", device="cpu", tile=0, ensemble=8)
+    for tile in (48, 64):
+        result = _drain(iter_denoise(pooling, img, axes="YX", device="cpu", tile=tile, ensemble=8))
+        assert result.details["tiles_per_plane"] > 1 and result.details["exact_tiling"]
+        np.testing.assert_allclose(result.denoised, whole, rtol=1e-5, atol=1e-5)
+
+
+def _drain(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
 
 
 def test_gates_apply_in_every_orientation(model, one_thread):

@@ -214,7 +214,7 @@ def test_default_cpu_tiles_of_the_bundled_denoiser_keep_a_megapixel_plane_cheap(
 
 # -- out of memory ------------------------------------------------------------------------------
 def _fake_oom_forward(limit_px: int, calls: list):
-    def forward(batch, owned):
+    def forward(batch, owned, far):
         calls.append(batch.shape)
         if batch.shape[0] * batch.shape[2] * batch.shape[3] > limit_px:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -257,7 +257,7 @@ def test_oom_below_floor_is_a_clear_error():
 
 
 def test_other_errors_are_not_swallowed():
-    def forward(batch, owned):
+    def forward(batch, owned, far):
         raise ValueError("boom")
 
     runner = TiledRunner(forward, tile=64, overlap=10, context=5, floor=32, on_oom=None)

@@ -77,21 +77,49 @@ def unorient(y: torch.Tensor, o: tuple[bool, bool, bool]) -> torch.Tensor:
     return y.transpose(-2, -1) if transpose else y
 
 
+def flipped_axes(o: tuple[bool, bool, bool]) -> tuple[bool, bool]:
+    """Whether orientation ``o`` reverses the input's (height, width) axes."""
+    transpose, up_down, left_right = o
+    return (left_right, up_down) if transpose else (up_down, left_right)
+
+
+def _padded_far(x: torch.Tensor, far: tuple[int, int], flips: tuple[bool, bool]) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    dy, dx = (far[0] if flips[0] else 0), (far[1] if flips[1] else 0)
+    if not (dy or dx):
+        return x
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    mode = "reflect" if dy < h and dx < w else "replicate"
+    return F.pad(x, (0, dx, 0, dy), mode=mode)
+
+
 def ensemble_mean(
     run: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     ensemble: int,
     identity: torch.Tensor | None = None,
+    far: tuple[int, int] = (0, 0),
 ) -> torch.Tensor:
     """Mean of ``unorient(run(orient(x, o)), o)`` over the first ``ensemble`` orientations.
 
     ``run`` maps a ``(N, C, H, W)`` tensor to a tensor of the same height and width (the
     orientation's own, so height and width are swapped for transposed orientations).
     ``identity``: ``run(x)`` when the caller has it already (it is then not run again).
+    ``far``: for a tile of a larger image, ``(dy, dx)`` pixels from the tile's bottom and
+    right edges to the image's, modulo the model's pooling multiple. A flipped copy is then
+    extended by that many pixels beyond those edges (which are the tile's artificial edges,
+    outside what it owns), so that a pooling model sees it on the grid of the flipped whole
+    image, and tiled results equal untiled ones.
     """
     total: torch.Tensor | None = None
+    h, w = int(x.shape[-2]), int(x.shape[-1])
     for o in orientations(ensemble):
-        y = identity if identity is not None and not any(o) else unorient(run(orient(x, o).contiguous()), o)
+        if identity is not None and not any(o):
+            y = identity
+        else:
+            xp = _padded_far(x, far, flipped_axes(o))
+            y = unorient(run(orient(xp, o).contiguous()), o)[..., :h, :w]
         total = y.float() if total is None else total.add_(y.float())
     assert total is not None
     return total.div_(float(ensemble)) if ensemble > 1 else total

@@ -110,14 +110,24 @@ class BlockDenoiser:
     def __dask_tokenize__(self) -> str:
         return self.token
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
+    def __call__(self, block: np.ndarray, block_info: Any = None) -> np.ndarray:
         block = np.asarray(block)
         layout = PlaneLayout(self.axes, tuple(block.shape), self.joint_channels)
         out = np.empty(block.shape, dtype=np.float32)
-        runner = self.settings.make_runner()
+        runner = self.settings.make_runner(tail=_tail(self.axes, block_info))
         for _ in plane_loop(self.settings, runner, block, layout, self.normalizer, out):
             pass
         return out
+
+
+def _tail(axes: str, block_info: Any) -> tuple[int, int]:
+    """Pixels of the whole array beyond this block's bottom and right edges (0 if unknown)."""
+    if not block_info or 0 not in block_info:
+        return (0, 0)
+    info = block_info[0]
+    ends = [stop for _, stop in info["array-location"]]
+    shape = info["shape"]
+    return (shape[axes.index("Y")] - ends[axes.index("Y")], shape[axes.index("X")] - ends[axes.index("X")])
 
 
 def _group_normalizer(normalizer: Normalizer, group: int) -> Normalizer:
@@ -146,6 +156,19 @@ def denoise_lazy(data: Any, layout: PlaneLayout, normalizer: Normalizer, setting
     return _lazy_one(data, axes, layout.joint_channels, _group_normalizer(normalizer, 0), settings)
 
 
+def _aligned_chunks(n: int, size: int, depth: int) -> tuple[int, ...]:
+    """Chunks of ``size`` (a multiple of the pooling grid) over ``n`` pixels; a last chunk
+    thinner than ``depth`` is merged into the one before it, since ``map_overlap`` would
+    otherwise re-chunk the axis itself and move block edges off the pooling grid."""
+    sizes = [size] * (n // size)
+    rest = n - size * len(sizes)
+    if rest and rest < depth:
+        sizes[-1] += rest
+    elif rest:
+        sizes.append(rest)
+    return tuple(sizes)
+
+
 def _lazy_one(data: Any, axes: str, joint: bool, normalizer: Normalizer, settings: Settings) -> Any:
     import dask.array as da
 
@@ -164,9 +187,11 @@ def _lazy_one(data: Any, axes: str, joint: bool, normalizer: Normalizer, setting
         else:
             target = max(max(data.chunks[i]), settings.tile if settings.tile > 0 else n, 2 * depth_px, m)
             size = min(n, -(-target // m) * m)
-            chunks.append(size)
             if size < n:
+                chunks.append(_aligned_chunks(n, size, depth_px))
                 depth[i] = depth_px
+            else:
+                chunks.append(-1)
     data = data.rechunk(tuple(chunks))
     fn = BlockDenoiser(settings, axes, joint, normalizer)
     meta = np.empty((0,) * data.ndim, dtype=np.float32)

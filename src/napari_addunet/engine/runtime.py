@@ -81,8 +81,9 @@ class Settings:
     def want_features(self) -> bool:
         return bool(self.classify and getattr(self.model, "head", None) is not None)
 
-    def make_runner(self) -> TiledRunner:
-        """A tile runner for one call. Forward passes of runners made from the same settings
+    def make_runner(self, tail: tuple[int, int] = (0, 0)) -> TiledRunner:
+        """A tile runner for one call (``tail``: pixels of the image beyond the planes' far
+        edges, for a block of a larger image). Forward passes of runners made from the same settings
         never overlap: concurrent dask blocks would only multiply activation memory, since one
         forward pass already uses every CPU core (or the whole GPU)."""
         model, device = self.prepared_model()
@@ -97,9 +98,11 @@ class Settings:
         )
         lock = self.__dict__.setdefault("_forward_lock", threading.Lock())
 
-        def serialised(batch: np.ndarray, owned: Sequence[tuple[int, int, int, int]]) -> Any:
+        def serialised(
+            batch: np.ndarray, owned: Sequence[tuple[int, int, int, int]], far: tuple[int, int]
+        ) -> Any:
             with lock:
-                return forward(batch, owned)
+                return forward(batch, owned, far)
 
         return TiledRunner(
             serialised,
@@ -109,6 +112,7 @@ class Settings:
             multiple=self.multiple,
             floor=self.floor,
             batch_size=self.batch_size,
+            tail=tail,
         )
 
 
@@ -124,8 +128,9 @@ def make_forward(
     """A numpy-in, numpy-out forward function for :class:`~napari_addunet.engine.tiling.TiledRunner`.
 
     With ``ensemble`` > 1 the denoised image is the mean over that many orientations of the
-    input (see :mod:`~napari_addunet.engine.ensemble`); the features for classification come
-    from the untransformed input only.
+    input (see :mod:`~napari_addunet.engine.ensemble`), each flipped copy pooled on the grid of
+    the flipped image (``far``, see :data:`~napari_addunet.engine.tiling.Forward`); the
+    features for classification come from the untransformed input only.
     """
     from napari_addunet.models.addunet import AddUNet
 
@@ -139,7 +144,12 @@ def make_forward(
             return model.decode(model.encode(x), gate_list).denoised
         return model(x).denoised
 
-    def run(x: torch.Tensor, owned: Sequence[tuple[int, int, int, int]], dtype: torch.dtype | None) -> Any:
+    def run(
+        x: torch.Tensor,
+        owned: Sequence[tuple[int, int, int, int]],
+        far: tuple[int, int],
+        dtype: torch.dtype | None,
+    ) -> Any:
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         feats = padded = None
         with ctx:
@@ -156,22 +166,24 @@ def make_forward(
             else:
                 image = model(x).denoised
             if ensemble > 1:
-                image = ensemble_mean(image_only, x, ensemble, identity=image)
+                image = ensemble_mean(image_only, x, ensemble, identity=image, far=far)
         image = image.float()
         sums = None
         if feats is not None:
             sums = _feature_sums(feats.float(), padded, tuple(x.shape[-2:]), owned)
         return image, sums
 
-    def forward(batch: np.ndarray, owned: Sequence[tuple[int, int, int, int]]) -> Any:
+    def forward(
+        batch: np.ndarray, owned: Sequence[tuple[int, int, int, int]], far: tuple[int, int] = (0, 0)
+    ) -> Any:
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            image, sums = run(x, owned, amp)
+            image, sums = run(x, owned, far, amp)
             if amp is not None and not bool(torch.isfinite(image).all()):
                 # Reduced precision overflowed: redo this batch in float32.
-                image, sums = run(x, owned, None)
+                image, sums = run(x, owned, far, None)
             return image.cpu().numpy(), sums
 
     return forward

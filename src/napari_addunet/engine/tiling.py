@@ -493,11 +493,14 @@ def _free_device_memory() -> None:
 
 
 # -- the tile loop ------------------------------------------------------------------------------
-Forward = Callable[[np.ndarray, Sequence[tuple[int, int, int, int]]], tuple[np.ndarray, Any]]
-"""``forward(batch, owned) -> (images, feature_sums)``.
+Forward = Callable[[np.ndarray, Sequence[tuple[int, int, int, int]], tuple[int, int]], tuple[np.ndarray, Any]]
+"""``forward(batch, owned, far) -> (images, feature_sums)``.
 
 ``batch`` is float32 ``(B, C, h, w)``; ``owned`` gives each item's owned region in tile
-coordinates. ``images`` must have the batch's shape; ``feature_sums`` is None or a pair
+coordinates; ``far`` is ``(dy, dx)``, the pixels from the tiles' far (bottom, right) edges to
+the image's far edges modulo the model's ``size_multiple`` (the same for every tile of a
+batch). A model run on a flipped tile needs it to pool on the grid of the flipped image.
+``images`` must have the batch's shape; ``feature_sums`` is None or a pair
 ``(sums (B, F), counts (B,))`` of the deep features summed over the owned regions.
 """
 
@@ -569,8 +572,11 @@ class TiledRunner:
         floor: int = MIN_TILE,
         batch_size: int | None = None,
         on_oom: Callable[[], None] | None = _free_device_memory,
+        tail: tuple[int, int] = (0, 0),
     ) -> None:
         self.forward = forward
+        self.tail = (int(tail[0]), int(tail[1]))
+        """Pixels of the image beyond the planes' far edges (for a block of a larger image)."""
         self.tile = int(tile)
         self.overlap = int(overlap)
         self.context = int(context)
@@ -681,19 +687,21 @@ class TiledRunner:
         fsums: list[Any] = [None] * len(chunk)
         fcount = [0.0] * len(chunk)
         weights = {t: (t.y.weights(), t.x.weights()) for t in tiles}
-        # Work items: (plane index, tile); group same-shaped tiles into batches.
+        m = self.multiple
+        far = {t: ((self.tail[0] + h - t.y.stop) % m, (self.tail[1] + w - t.x.stop) % m) for t in tiles}
+        # Work items: (plane index, tile); group tiles of one shape (and one pooling grid) into batches.
         items = [(p, t) for p in range(len(chunk)) for t in tiles]
-        groups: dict[tuple[int, int], list[tuple[int, Tile]]] = {}
+        groups: dict[tuple[tuple[int, int], tuple[int, int]], list[tuple[int, Tile]]] = {}
         for it in items:
-            groups.setdefault(it[1].shape, []).append(it)
-        for shape, group in groups.items():
+            groups.setdefault((it[1].shape, far[it[1]]), []).append(it)
+        for (shape, grid), group in groups.items():
             bs = self._batch_for(shape)
             for i in range(0, len(group), bs):
                 part = group[i : i + bs]
                 batch = np.stack([chunk[p][1][(slice(None), *t.read)] for p, t in part])
                 t0 = time.perf_counter()
                 images, feats = self.forward(
-                    np.ascontiguousarray(batch, dtype=np.float32), [t.owned for _, t in part]
+                    np.ascontiguousarray(batch, dtype=np.float32), [t.owned for _, t in part], grid
                 )
                 self.seconds += time.perf_counter() - t0
                 images = np.asarray(images, dtype=np.float32)
