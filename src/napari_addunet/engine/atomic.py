@@ -1,4 +1,8 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""Atomic file writes: write to a temporary file beside the target, flush it to disk, rename.
+
+The temporary file is synced before the rename and the folder after it, so that a power cut
+or a crash of the machine leaves either the old file or the new one, never an empty one.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,28 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def durable_replace(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the finished file ``tmp`` onto ``target`` once its bytes are on disk.
+
+    ``tmp`` is synced first, then renamed (atomic on one file system), then the folder is
+    synced so that the rename itself survives a crash (where the platform allows it).
+    """
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    if os.name == "posix":
+        try:
+            fd = os.open(Path(target).parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems cannot sync a folder; the rename is done anyway
+            pass
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -41,7 +67,7 @@ def atomic_write(target: str | os.PathLike, *, overwrite: bool = True) -> Iterat
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
+        durable_replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from .atomic import durable_replace
+
 STATE_FORMAT = "napari-addunet-train-state/1"
 STATE_SUFFIX = ".state.pt"
 
@@ -74,7 +76,7 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
