@@ -141,11 +141,50 @@ def _destinations(
     return out
 
 
+def _cli_words(message: str) -> str:
+    """An engine message in the command line's words (``nan_policy='fill'`` -> ``--nan-policy
+    fill``, ``axes=`` -> ``--axes``)."""
+    import re
+
+    message = re.sub(r"nan_policy='(\w+)'", r"--nan-policy \1", message)
+    return message.replace("Pass axes= explicitly", "Pass --axes")
+
+
+def _check_destinations(pairs: list[tuple[Path, Path]], args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """Refuse what cannot be written before any work; drop pairs ``--skip-existing`` skips."""
+    from .engine.image_io import (
+        PLAIN_SUFFIXES,
+        ImageIOError,
+        check_plain_output,
+        check_writable,
+        source_format,
+    )
+
+    todo = []
+    for src, dst in pairs:
+        try:
+            check_writable(dst)
+            if dst.suffix.lower() in PLAIN_SUFFIXES:
+                dtype, alpha = source_format(src)
+                check_plain_output(dst, dtype, alpha)
+        except ImageIOError as exc:
+            raise CliError(str(exc)) from exc
+        if dst.exists() and not args.overwrite:
+            if args.skip_existing:
+                _say(args, f"{dst} exists; skipped")
+                continue
+            raise CliError(f"{dst} exists; pass --overwrite to replace it, or --skip-existing to keep it")
+        todo.append((src, dst))
+    return todo
+
+
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_denoise(args: argparse.Namespace) -> int:
-    from .engine.image_io import PLAIN_SUFFIXES, check_plain_output, read_image, write_image
+    from .engine.image_io import read_image, write_image
     from .engine.inference import denoise
 
+    if args.overwrite and args.skip_existing:
+        raise CliError("--overwrite and --skip-existing contradict each other; give one")
     model = _load(args.model)
     gates = _gates(args.gates)
     tile = _tile(args.tile)
@@ -153,22 +192,22 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     for p in inputs:
         if not p.exists():
             raise CliError(f"{p}: no such file or folder")
-    pairs = _outputs_for(inputs, Path(args.output), ".tif")
-    explicit = len(pairs) == 1 and Path(args.output).suffix != "" and not Path(args.output).is_dir()
-    pairs = _destinations(pairs, args.output_format, explicit)
-    for _src, dst in pairs:
-        if dst.exists() and not args.overwrite:
-            raise CliError(f"{dst} exists; pass --overwrite to replace it")
-    if len(pairs) > 1:
-        Path(args.output).mkdir(parents=True, exist_ok=True)
+    output = Path(args.output)
+    pairs = _outputs_for(inputs, output, ".tif")
+    explicit = len(pairs) == 1 and output.suffix != "" and not output.is_dir()
+    pairs = _check_destinations(_destinations(pairs, args.output_format, explicit), args)
+    if explicit:
+        if not output.parent.is_dir():
+            raise CliError(f"--output {output}: folder {output.parent} does not exist (nothing was written)")
+    elif pairs:
+        output.mkdir(parents=True, exist_ok=True)  # a folder of results: made for them
+    written: list[Path] = []
     for src, dst in pairs:
-        image = read_image(src)
-        if dst.suffix.lower() in PLAIN_SUFFIXES:
-            check_plain_output(dst, image.data.dtype)
-        axes = args.axes or image.axes or ("YXC" if image.rgb else None)
         bar = _Bar(src.name, args.quiet)
         t0 = time.perf_counter()
         try:
+            image = read_image(src)
+            axes = args.axes or image.axes or ("YXC" if image.rgb else None)
             result = denoise(
                 model,
                 image.data,
@@ -178,12 +217,31 @@ def cmd_denoise(args: argparse.Namespace) -> int:
                 gates=gates,
                 progress=bar,
                 ensemble=args.ensemble,
+                nan_policy=args.nan_policy,
             )
             if hasattr(result, "compute"):
                 result = result.compute()
+            write_image(dst, result, image, overwrite=args.overwrite)
+        except (
+            CliError,
+            ValueError,
+            KeyError,
+            FileNotFoundError,
+            FileExistsError,
+            TypeError,
+            OSError,
+        ) as exc:
+            if args.debug:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            done = ""
+            if len(pairs) > 1:
+                done = f" ({len(written)} of {len(pairs)} written"
+                done += "; rerun with --skip-existing to do the rest)" if written else ")"
+            raise CliError(f"{src}: {_cli_words(first)}{done}") from exc
         finally:
             bar.close()
-        write_image(dst, result, image, overwrite=args.overwrite)
+        written.append(dst)
         _say(args, f"{src} -> {dst} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -201,18 +259,27 @@ def cmd_classify(args: argparse.Namespace) -> int:
             + (f" (bundled: {', '.join(classifiers)})" if classifiers else "")
         )
     rows: list[list[Any]] = []
-    for p in (Path(x) for x in args.inputs):
+    inputs = [Path(x) for x in args.inputs]
+    for p in inputs:
         if not p.exists():
             raise CliError(f"{p}: no such file or folder")
-        for f in image_files(p):
+    files = [f for p in inputs for f in image_files(p)]
+    if not files:
+        raise CliError("no readable images in " + ", ".join(map(str, inputs)) + " (nothing was written)")
+    for f in files:
+        try:
             image = read_image(f)
             axes = args.axes or image.axes or ("YXC" if image.rgb else None)
             result = predict(model, image.data, axes=axes, device=args.device)
-            probs = result.probabilities
-            for i, row in enumerate(probs):
-                best = int(row.argmax())
-                rows.append([str(f), i, result.class_names[best], *(f"{v:.4f}" for v in row)])
-                print(f"{f.name}[{i}]: {result.class_names[best]} ({row[best]:.3f})")  # a result
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            if args.debug:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CliError(f"{f}: {_cli_words(first)} (nothing was written)") from exc
+        for i, row in enumerate(result.probabilities):
+            best = int(row.argmax())
+            rows.append([str(f), i, result.class_names[best], *(f"{v:.4f}" for v in row)])
+            print(f"{f.name}[{i}]: {result.class_names[best]} ({row[best]:.3f})")  # a result
     header = ["file", "plane", "class", *[f"p_{n}" for n in model.class_names]]
     if out is not None:
         from .engine.atomic import atomic_write_text
@@ -438,6 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="tiff",
         help="tiff: float32 TIFF (default); input: PNG/JPEG inputs are written in their own "
         "format and integer range, with its suffix",
+    )
+    p.add_argument(
+        "--nan-policy",
+        choices=["raise", "fill", "mask"],
+        default="raise",
+        help="NaN/Inf in the input: raise (default, refuse the file); fill (replace them by the "
+        "median of the finite values); mask (fill, then NaN again at those pixels in the result)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave inputs whose output file exists (to finish an interrupted folder)",
     )
     common(p)
     p.set_defaults(func=cmd_denoise)

@@ -340,3 +340,144 @@ def test_a_closed_pipe_ends_the_command_quietly(tiny_model):
     proc.stderr.close()
     assert proc.wait(timeout=120) == 141
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_denoise_makes_the_output_folder_for_one_file_and_for_a_folder_of_one(tiny_model, tmp_path):
+    src = tmp_path / "in" / "a.tif"
+    src.parent.mkdir()
+    tifffile.imwrite(src, np.random.default_rng(0).random((24, 24)).astype(np.float32))
+    assert main(["-q", "denoise", str(src), "-o", str(tmp_path / "new1"), "-m", str(tiny_model)]) == 0
+    assert (tmp_path / "new1" / "a.tif").is_file()
+    assert main(["-q", "denoise", str(src.parent), "-o", str(tmp_path / "new2"), "-m", str(tiny_model)]) == 0
+    assert (tmp_path / "new2" / "a.tif").is_file()
+
+
+def _png(path, array, mode=None):
+    from PIL import Image
+
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dtype", "name", "message"),
+    [
+        (np.float32, "o.npy", "can write TIFF (.tif, .tiff), PNG, JPEG (.jpg, .jpeg) or BMP, not .npy"),
+        (np.uint16, "o.jpg", "JPEG stores 8-bit integers, but the input is uint16; write a .png or a .tif"),
+        (np.uint16, "o.bmp", "BMP stores 8-bit integers, but the input is uint16"),
+        (np.int16, "o.png", "PNG stores 8- or 16-bit unsigned integers, but the input is int16"),
+        ("LA", "o.jpg", "JPEG has no alpha channel, but the input has one; write a .png"),
+    ],
+)
+def test_outputs_the_format_cannot_hold_are_refused_before_any_work(
+    dtype, name, message, tiny_model, tmp_path, capsys, monkeypatch
+):
+    if dtype == "LA":
+        src = _png(tmp_path / "grey_alpha.png", np.zeros((16, 16, 2), np.uint8))
+    else:
+        src = tmp_path / "in.tif"
+        tifffile.imwrite(src, np.zeros((16, 16), dtype))
+    import napari_addunet.engine.inference as inference
+
+    def no_work(*a, **k):
+        raise AssertionError("denoised before the output was checked")
+
+    monkeypatch.setattr(inference, "denoise", no_work)
+    assert main(["-q", "denoise", str(src), "-o", str(tmp_path / name), "-m", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "nothing was written" in err
+    assert not (tmp_path / name).exists()
+
+
+def test_a_file_that_fails_in_a_folder_is_named_and_the_rest_can_follow(tiny_model, tmp_path, capsys):
+    folder, out = tmp_path / "mix", tmp_path / "out"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        image = rng.random((24, 24)).astype(np.float32)
+        if name == "b":
+            image[3, 4] = np.nan
+        tifffile.imwrite(folder / f"{name}.tif", image)
+    assert main(["-q", "denoise", str(folder), "-o", str(out), "-m", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'b.tif'}: the input holds 1 of 576 NaN/Inf value(s)" in err
+    assert "--nan-policy fill" in err and "nan_policy=" not in err
+    assert "1 of 3 written; rerun with --skip-existing to do the rest" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif"]
+    first = (out / "a.tif").read_bytes()
+    argv = ["denoise", str(folder), "-o", str(out), "-m", str(tiny_model)]
+    assert main(["-q", *argv, "--overwrite", "--skip-existing"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    assert main([*argv, "--skip-existing", "--nan-policy", "mask"]) == 0
+    said = capsys.readouterr().out
+    assert "a.tif exists; skipped" in said and "b.tif ->" in said and "c.tif ->" in said
+    assert (out / "a.tif").read_bytes() == first  # kept as it was
+    b = tifffile.imread(out / "b.tif")
+    assert np.isnan(b[3, 4]) and np.isfinite(np.delete(b.ravel(), 3 * 24 + 4)).all()
+
+
+def test_classify_an_empty_folder_is_refused_and_writes_no_table(tiny_model, tmp_path, capsys):
+    empty, table = tmp_path / "empty", tmp_path / "t.csv"
+    empty.mkdir()
+    assert main(["classify", str(empty), "-m", str(tiny_model), "--csv", str(table)]) == 2
+    assert f"no readable images in {empty}" in capsys.readouterr().err
+    assert not table.exists()
+
+
+def test_a_tiff_with_two_unnamed_axes_asks_for_axes_in_the_command_lines_words(tiny_model, tmp_path, capsys):
+    src = tmp_path / "q.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).random((2, 5, 24, 24)).astype(np.float32))
+    assert main(["-q", "denoise", str(src), "-o", str(tmp_path / "o.tif"), "-m", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell the axes of an array of shape (2, 5, 24, 24)" in err and "Pass --axes" in err
+    argv = ["-q", "denoise", str(src), "-o", str(tmp_path / "o.tif"), "-m", str(tiny_model), "--axes", "TZYX"]
+    assert main(argv) == 0
+    assert tifffile.imread(tmp_path / "o.tif").shape == (2, 5, 24, 24)
+
+
+def test_an_imagej_rgb_tiff_is_written_as_an_imagej_channel_stack(tiny_model, tmp_path):
+    rgb = (np.random.default_rng(0).random((24, 28, 3)) * 255).astype(np.uint8)
+    src = tmp_path / "rgb.tif"
+    tifffile.imwrite(src, rgb, imagej=True, metadata={"unit": "um"})
+    assert main(["-q", "denoise", str(src), "-o", str(tmp_path / "o.tif"), "-m", str(tiny_model)]) == 0
+    with tifffile.TiffFile(tmp_path / "o.tif") as tif:
+        assert tif.series[0].axes == "CYX" and tif.series[0].shape == (3, 24, 28)
+        assert tif.imagej_metadata["unit"] == "um"
+
+
+def test_png_alpha_is_kept_and_palettes_are_read_as_their_colours(tiny_model, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grey = (rng.random((24, 28)) * 255).astype(np.uint8)
+    alpha = np.where(np.arange(28)[None, :] < 14, 255, 40).astype(np.uint8).repeat(24, axis=0)
+    la = _png(tmp_path / "la.png", np.stack([grey, alpha], axis=-1))
+    out = tmp_path / "la_out.png"
+    assert (
+        main(["-q", "denoise", str(la), "-o", str(out), "-m", str(tiny_model), "--output-format", "input"])
+        == 0
+    )
+    with Image.open(out) as im:
+        assert im.mode == "LA"
+        result = np.array(im)
+    assert np.array_equal(result[..., 1], alpha)  # alpha as it was
+    plain = tmp_path / "grey.png"
+    _png(plain, grey)
+    assert main(["-q", "denoise", str(plain), "-o", str(tmp_path / "g.png"), "-m", str(tiny_model)]) == 0
+    assert np.array_equal(result[..., 0], np.array(Image.open(tmp_path / "g.png")))  # grey denoised alone
+
+    colour = (rng.random((24, 28, 3)) * 255).astype(np.uint8)
+    pal = _png(tmp_path / "pal.png", colour, mode="P")
+    shown = np.array(Image.open(pal).convert("RGB"))
+    out = tmp_path / "pal_out.png"
+    assert (
+        main(["-q", "denoise", str(pal), "-o", str(out), "-m", str(tiny_model), "--output-format", "input"])
+        == 0
+    )
+    with Image.open(out) as im:
+        assert im.mode == "RGB" and im.size == (28, 24)
+    rgb = tmp_path / "shown.png"
+    _png(rgb, shown)
+    assert main(["-q", "denoise", str(rgb), "-o", str(tmp_path / "s.png"), "-m", str(tiny_model)]) == 0
+    assert np.array_equal(np.array(Image.open(out)), np.array(Image.open(tmp_path / "s.png")))

@@ -2,6 +2,11 @@
 
 Writes are atomic (temporary file in the target folder, then rename) and never replace an
 existing file unless asked.
+
+PNG/JPEG modes: palette images are read as the colours they show (grey when the palette is
+grey), bilevel images as 8-bit grey, CMYK and YCbCr as RGB. An alpha channel (grey + alpha,
+RGBA) is split off: only the image is denoised, and a PNG result gets the alpha back as it
+was; a TIFF result holds the denoised image alone.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class ImageFile:
     resolution: tuple | None = None
     resolution_unit: Any = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    alpha: np.ndarray | None = None
+    """The alpha channel of a PNG split off the pixels (``None`` without one)."""
 
 
 def image_files(path: Path) -> list[Path]:
@@ -85,10 +92,63 @@ def read_image(path: str | os.PathLike) -> ImageFile:
         from PIL import Image
 
         with open(path, "rb") as fh, Image.open(fh) as im:
-            data = np.array(im)
-        return ImageFile(path, data, rgb=data.ndim == 3 and data.shape[-1] in (3, 4))
+            target = _plain_mode(im)
+            data = np.array(im.convert(target) if target != im.mode else im)
+        alpha = None
+        if target in ("LA", "RGBA"):
+            alpha = np.ascontiguousarray(data[..., -1])
+            data = np.ascontiguousarray(data[..., 0] if target == "LA" else data[..., :3])
+        return ImageFile(path, data, rgb=data.ndim == 3, alpha=alpha)
     except ImageIOError:
         raise
+    except Exception as exc:  # noqa: BLE001 - many readers, one message
+        raise ImageIOError(f"{path.name}: cannot read as an image ({type(exc).__name__}: {exc})") from exc
+
+
+def _grey_palette(im: Any) -> bool:
+    colours = np.asarray(im.getpalette() or [], dtype=np.uint8)
+    colours = colours[: len(colours) // 3 * 3].reshape(-1, 3)
+    return bool(len(colours)) and bool((colours == colours[:, :1]).all())
+
+
+def _plain_mode(im: Any) -> str:
+    """The PIL mode a PNG/JPEG is read in (see the module's notes)."""
+    mode = im.mode
+    if mode in ("P", "PA"):
+        alpha = mode == "PA" or "transparency" in im.info
+        grey = _grey_palette(im)
+        return ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
+    if mode == "1":
+        return "L"
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return "RGB"
+    if mode == "RGBa":
+        return "RGBA"
+    if mode == "La":
+        return "LA"
+    return mode
+
+
+def source_format(path: str | os.PathLike) -> tuple[np.dtype, bool]:
+    """The dtype :func:`read_image` gives ``path`` and whether it splits off an alpha channel,
+    read from the header alone (no pixels are decoded)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return np.dtype(tif.series[0].dtype), False
+        if suffix in ZARR_SUFFIXES:
+            import zarr
+
+            return np.dtype(zarr.open(str(path), mode="r").dtype), False
+        from PIL import Image
+
+        with open(path, "rb") as fh, Image.open(fh) as im:
+            target = _plain_mode(im)
+        return np.array(Image.new(target, (1, 1))).dtype, target in ("LA", "RGBA")
     except Exception as exc:  # noqa: BLE001 - many readers, one message
         raise ImageIOError(f"{path.name}: cannot read as an image ({type(exc).__name__}: {exc})") from exc
 
@@ -109,8 +169,8 @@ def _read_tiff(path: Path) -> ImageFile:
     except (ValueError, OSError):
         data = tifffile.imread(path)
     axes = axes.replace("S", "C").replace("Q", "Z").replace("I", "Z")
-    if len(axes) != data.ndim:
-        axes = None
+    if len(axes) != data.ndim or len(set(axes)) != len(axes):
+        axes = None  # e.g. two unnamed leading axes: ask the caller (--axes) instead of guessing
     resolution = (res[0].value, res[1].value) if res[0] is not None and res[1] is not None else None
     keep = {k: v for k, v in ij.items() if k in ("spacing", "unit", "finterval", "axes")}
     return ImageFile(
@@ -124,20 +184,54 @@ def _read_tiff(path: Path) -> ImageFile:
     )
 
 
-def check_plain_output(path: str | os.PathLike, source_dtype: Any) -> None:
-    """Refuse a PNG/JPEG output for a floating-point source: those formats store integers.
+WRITABLE = TIFF_SUFFIXES | PLAIN_SUFFIXES
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse an output file name whose format cannot be written (before any work)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in WRITABLE:
+        raise ImageIOError(
+            f"{Path(path).name}: can write TIFF (.tif, .tiff), PNG, JPEG (.jpg, .jpeg) or BMP, "
+            f"not {suffix or '(no suffix)'} (nothing was written)"
+        )
+
+
+def check_plain_output(path: str | os.PathLike, source_dtype: Any, alpha: bool = False) -> None:
+    """Refuse a PNG/JPEG/BMP output the format cannot hold: results of a floating-point source
+    (those formats store integers), more than 8 bits in JPEG or BMP, more than 16 or signed
+    integers in PNG, and an alpha channel in JPEG.
 
     Raises
     ------
     ImageIOError
-        ``source_dtype`` is not an integer type.
+        The format cannot store the result; the message names one that can.
     """
+    name, suffix = Path(path).name, Path(path).suffix.lower()
     dtype = np.dtype(source_dtype)
+    tail = " (nothing was written)"
     if dtype.kind not in "ui":
         raise ImageIOError(
-            f"{Path(path).name}: PNG and JPEG store integers, but the input is {dtype} "
+            f"{name}: PNG and JPEG store integers, but the input is {dtype} "
             "(floating point), and rounding the result would destroy it; write a .tif (float32) "
-            "instead (nothing was written)"
+            "instead" + tail
+        )
+    if suffix == ".png" and dtype not in (np.uint8, np.uint16):
+        raise ImageIOError(
+            f"{name}: PNG stores 8- or 16-bit unsigned integers, but the input is {dtype}; "
+            "write a .tif (float32) instead" + tail
+        )
+    if suffix in (".jpg", ".jpeg", ".bmp") and dtype != np.uint8:
+        kind = "BMP" if suffix == ".bmp" else "JPEG"
+        raise ImageIOError(
+            f"{name}: {kind} stores 8-bit integers, but the input is {dtype}; write a "
+            + (".png or a .tif" if dtype == np.uint16 else ".tif (float32)")
+            + " instead"
+            + tail
+        )
+    if suffix in (".jpg", ".jpeg") and alpha:
+        raise ImageIOError(
+            f"{name}: JPEG has no alpha channel, but the input has one; write a .png instead" + tail
         )
 
 
@@ -153,10 +247,12 @@ def write_image(
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in TIFF_SUFFIXES | PLAIN_SUFFIXES:
-        raise ImageIOError(f"{path.name}: can write TIFF, PNG or JPEG, not {suffix or '(no suffix)'}")
+    check_writable(path)
+    alpha = like.alpha if like is not None else None
     if suffix in PLAIN_SUFFIXES:
-        check_plain_output(path, like.data.dtype if like is not None else np.asarray(data).dtype)
+        check_plain_output(
+            path, like.data.dtype if like is not None else np.asarray(data).dtype, alpha is not None
+        )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
@@ -172,9 +268,11 @@ def write_image(
                     kwargs["resolutionunit"] = like.resolution_unit
             arr = np.asarray(data, dtype=np.float32)
             if like is not None and like.metadata and like.axes and set(like.axes) <= set("TZCYX"):
+                # ImageJ wants its axes in TZCYX order (an RGB source's channels come last)
+                order = sorted(range(len(like.axes)), key=lambda i: "TZCYX".index(like.axes[i]))
                 meta = dict(like.metadata)
-                meta["axes"] = like.axes
-                tifffile.imwrite(tmp, arr, imagej=True, metadata=meta, **kwargs)
+                meta["axes"] = "".join(like.axes[i] for i in order)
+                tifffile.imwrite(tmp, np.transpose(arr, order), imagej=True, metadata=meta, **kwargs)
             else:
                 tifffile.imwrite(tmp, arr, **kwargs)
         else:
@@ -183,5 +281,7 @@ def write_image(
             dtype = np.dtype(like.data.dtype) if like is not None else np.asarray(data).dtype
             info = np.iinfo(dtype)
             arr = np.clip(np.rint(np.asarray(data)), info.min, info.max).astype(dtype)
+            if alpha is not None and alpha.shape == arr.shape[:2]:
+                arr = np.concatenate([arr.reshape(*arr.shape[:2], -1), alpha[..., None]], axis=-1)
             Image.fromarray(arr).save(tmp)
     return path
