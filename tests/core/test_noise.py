@@ -149,6 +149,23 @@ def test_blindspot_replaces_masked_pixels_by_a_neighbour_never_themselves():
     assert torch.all((sy - ys).abs() <= 2) and torch.all((sx - xs).abs() <= 2)
 
 
+@pytest.mark.parametrize("fraction", [0.02, 0.1, 0.25])
+def test_blindspot_masks_about_the_fraction_asked_and_never_every_pixel(fraction):
+    _, mask = blindspot_mask(torch.rand(4, 1, 64, 64), fraction, 2, gen())
+    share = float(mask.float().mean())
+    assert 0.5 * fraction <= share <= fraction * 1.5 and share <= 0.25
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.45, 0.5, 0.0])
+def test_blindspot_refuses_fractions_that_would_mask_whole_cells(fraction):
+    with pytest.raises(ValueError, match=r"mask fraction must be in \(0, 0.25\]"):
+        blindspot_mask(torch.rand(1, 1, 32, 32), fraction, 2, gen())
+    from napari_addunet.engine.training_config import TrainingConfig
+
+    with pytest.raises(ValueError, match="mask_fraction"):
+        TrainingConfig.from_dict({"mask_fraction": fraction})
+
+
 def test_blindspot_is_seeded():
     x = torch.rand(2, 1, 16, 16)
     a = blindspot_mask(x, 0.05, 3, gen(5))

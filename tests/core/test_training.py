@@ -311,6 +311,33 @@ def test_resume_continues_the_step_count_and_schedule_exactly(tmp_path):
     assert resumed.step == 10 and resumed.reason == "completed"
 
 
+def test_a_run_stopped_during_validation_validates_that_epoch_on_resume(tmp_path, monkeypatch):
+    from napari_addunet.engine import training as training_module
+
+    full = train(small_data(), tiny(), SMALL, output=tmp_path / "full.safetensors")
+    out = tmp_path / "part.safetensors"
+    real = training_module._Run._validate
+    calls = []
+
+    def interrupted(self):
+        calls.append(self.step)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while the first epoch is being validated
+        return real(self)
+
+    monkeypatch.setattr(training_module._Run, "_validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_data(), tiny(), SMALL, output=out)
+    state = load_state(out)
+    assert state["epoch"] == 0 and state["step"] == 5 and state["step_in_epoch"] == 5  # not counted
+    resumed = train(small_data(), resume=out)
+    assert calls == [5, 5, 10]  # the first epoch validated again, then the second
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    assert resumed.best.epoch == full.best.epoch and torch.equal(weights(resumed.model), weights(full.model))
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the CPU layout needs oneDNN")
 def test_cpu_training_uses_channels_last_and_resumes_a_state_written_without_it(tmp_path, monkeypatch):
     from napari_addunet.engine import devices

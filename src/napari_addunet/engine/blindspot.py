@@ -31,7 +31,9 @@ def blindspot_mask(
         Noisy patches ``(batch, channels, H, W)``.
     fraction
         Approximate fraction of pixels masked per patch (one per grid cell of side
-        ``round(1 / sqrt(fraction))``).
+        ``round(1 / sqrt(fraction))``, at least 2), at most 0.25: with more, the cells would
+        shrink to single pixels, every pixel would be replaced, and the pixels' own noisy values
+        would reach the network through their neighbours.
     radius
         Neighbours are drawn from the ``(2 radius + 1)^2`` window around the pixel, without
         the centre; an offset that would leave the patch is mirrored (``-dy``, ``-dx``).
@@ -46,11 +48,13 @@ def blindspot_mask(
         of the replaced pixels.
     """
     b, c, h, w = batch.shape
+    if not 0 < fraction <= 0.25:
+        raise ValueError(f"blind-spot mask fraction must be in (0, 0.25], got {fraction}")
     if radius < 1 or 2 * radius >= min(h, w):
         raise ValueError(
             f"blind-spot radius must be in [1, {(min(h, w) - 1) // 2}] for {h}x{w} patches, got {radius}"
         )
-    step = max(1, int(round(1.0 / math.sqrt(fraction))))
+    step = max(2, int(round(1.0 / math.sqrt(fraction))))
     gy = torch.arange(0, h, step)
     gx = torch.arange(0, w, step)
     ny, nx = len(gy), len(gx)

@@ -813,9 +813,6 @@ class _Run:
         cfg = self.cfg
         n = max(1, int(self.sums[3]))
         train = LossParts(self.sums[0] / n, self.sums[1] / n, self.sums[2] / n)
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.sums = [0.0, 0.0, 0.0, 0]
         events: list[TrainingEvent] = []
         validation = None
         with self._averaged():  # validate and keep the averaged weights, if any
@@ -827,6 +824,10 @@ class _Run:
             else:
                 parts = psnr = ssim = acc = None
                 metric, value = "train_loss", train.total
+            # Counted only now: a run stopped during validation resumes by validating this epoch.
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.sums = [0.0, 0.0, 0.0, 0]
             improved = self.best is None or value < self.best.value
             if improved:
                 self.best = Best(self.epoch, self.step, metric, value, psnr, ssim, acc)

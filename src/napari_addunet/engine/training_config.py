@@ -78,7 +78,7 @@ class TrainingConfig:
     blur_sigma_min: float = setting(0.5, ge=0.05, le=20.0, doc="Gaussian blur: smallest sigma in pixels")
     blur_sigma_max: float = setting(2.0, ge=0.05, le=20.0, doc="Gaussian blur: largest sigma in pixels")
     mask_fraction: float = setting(
-        0.02, ge=1e-4, le=0.5, doc="noisy-only (blind-spot): fraction of masked pixels"
+        0.02, ge=1e-4, le=0.25, doc="noisy-only (blind-spot): fraction of masked pixels"
     )
     mask_radius: int = setting(
         2, ge=1, le=16, doc="noisy-only (blind-spot): radius of the replacement window"
