@@ -384,6 +384,48 @@ def test_resume_applies_new_training_settings_and_refuses_new_model_settings(tmp
     assert more.history[-1]["lr"] == pytest.approx(plain * 3e-4 / SMALL["lr"])  # the schedule uses it
 
 
+def test_resume_refuses_a_seed_that_would_pick_other_validation_images(tmp_path):
+    out = tmp_path / "m.safetensors"
+    data = clean_data([np.random.default_rng(i).random((24, 24)).astype(np.float32) for i in range(8)])
+    config = dict(SMALL, epochs=1, val_fraction=0.25)
+    train(data, tiny(), config, output=out)
+    before = out.read_bytes(), state_path_for(out).read_bytes()
+    with pytest.raises(DataError, match="cannot resume with seed 2 / val_seed -1: .* pass val_seed=0"):
+        train(data, resume=out, epochs=2, seed=2)
+    with pytest.raises(DataError, match="val_patches=8"):
+        train(data, resume=out, epochs=2, val_patches=8)
+    assert (out.read_bytes(), state_path_for(out).read_bytes()) == before
+    assert train(data, resume=out, epochs=2, seed=2, val_seed=0).step == 10  # the same split
+
+
+def test_a_resumed_run_keeps_its_first_command_and_lists_the_resumes(tmp_path):
+    out = tmp_path / "m.safetensors"
+    train(small_data(), tiny(), dict(SMALL, epochs=1), output=out, command="first --sigma 25")
+    train(small_data(), resume=out, epochs=2, command="second --resume")
+    training = na.load_model(out).metadata["training"]
+    assert training["command"] == "first --sigma 25" and training["resumed_with"] == ["second --resume"]
+    train(small_data(), resume=out, epochs=3, command="third --resume")
+    training = na.load_model(out).metadata["training"]
+    assert training["command"] == "first --sigma 25"
+    assert training["resumed_with"] == ["second --resume", "third --resume"]
+
+
+def test_resuming_into_a_new_file_holds_the_best_model_from_the_start(tmp_path, monkeypatch):
+    first, moved = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    stop_at_step_7(first)  # epoch 1 validated: a best model in a.safetensors
+
+    def crash(self):
+        raise RuntimeError("the machine went away")  # a failure inside a step writes nothing
+
+    monkeypatch.setattr(_Run, "_train_step", crash)
+    with pytest.raises(RuntimeError, match="went away"):
+        train(small_data(), resume=first, output=moved)
+    assert moved.is_file()
+    assert torch.equal(weights(na.load_model(moved)), weights(na.load_model(first)))
+    meta = na.load_model(moved).metadata["training"]
+    assert meta["metrics"]["epoch"] == na.load_model(first).metadata["training"]["metrics"]["epoch"] == 1
+
+
 def test_same_seed_same_weights_other_seed_other_weights():
     a = train(small_data(), tiny(), SMALL)
     b = train(small_data(), tiny(), SMALL)

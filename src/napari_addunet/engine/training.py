@@ -144,6 +144,7 @@ _LINEAGE_KEYS = (
     "metrics",
     "data_description",
     "started_from",
+    "resumed_with",
     "transformed",
 )
 
@@ -269,8 +270,17 @@ class _Run:
         self.resumed_from = model_path_for(resume) if resume is not None else None
         self.cfg = self._config(config, overrides)
         cfg = self.cfg
+        if self.state_in is not None:
+            self._check_same_validation(loads(self.state_in["config"]))
         self.stop = stop
-        self.command = command or self._earlier_command() or "napari_addunet.train(...)"
+        # a resumed run keeps the command that started it and lists the ones that resumed it
+        earlier = self._earlier_command()
+        self.command = earlier or command or "napari_addunet.train(...)"
+        self.resumed_with: list[str] = []
+        if self.state_in is not None:
+            self.resumed_with = list(loads(self.state_in.get("resumed_with", "[]")))
+            if command and earlier:
+                self.resumed_with.append(command)
         self.t_start = time.perf_counter()
 
         # where to write
@@ -418,6 +428,24 @@ class _Run:
             return TrainingConfig.from_dict(config, **overrides)
         raise TypeError(f"config must be a TrainingConfig or a dict, got {type(config).__name__}")
 
+    def _check_same_validation(self, earlier: Mapping[str, Any]) -> None:
+        """Refuse a resume whose settings would pick other validation images or patches: the
+        best model so far was chosen on the earlier ones (and held-out images would be trained on)."""
+        before = TrainingConfig.from_dict(dict(earlier))
+        now = self.cfg
+        if before.validation_seed != now.validation_seed:
+            raise DataError(
+                f"cannot resume with seed {now.seed} / val_seed {now.val_seed}: the run being resumed "
+                f"chose its validation images and patches with seed {before.validation_seed}, and "
+                "another would train on held-out images and judge the best model on others; keep "
+                f"the seed, or pass val_seed={before.validation_seed} to keep that split"
+            )
+        if before.val_patches != now.val_patches:
+            raise DataError(
+                f"cannot resume with val_patches={now.val_patches}: the best model so far was chosen "
+                f"on {before.val_patches} validation patches; keep that number"
+            )
+
     def _earlier_command(self) -> str | None:
         """A resumed run keeps the command of the run it continues."""
         return None if self.state_in is None else self.state_in.get("command")
@@ -492,6 +520,17 @@ class _Run:
             from .checkpoint import load_model
 
             self.best_weights = {k: v.clone() for k, v in load_model(best_file).state_dict().items()}
+            moved = self.output is not None and self.output.resolve() != best_file.resolve()
+            if moved and self.ctx.is_main:
+                # resumed into a new file: it holds the best model from the start, so a crash
+                # before the next improvement cannot leave a state file without its best model
+                import shutil
+
+                from .atomic import atomic_write
+
+                with atomic_write(self.output) as tmp:
+                    shutil.copyfile(best_file, tmp)
+                self.best_saved = True
 
     def _validation_set(self) -> dict[str, Any] | None:
         if self.val_data is None:
@@ -653,6 +692,8 @@ class _Run:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "package_version": __version__,
         }
+        if self.resumed_with:
+            training["resumed_with"] = list(self.resumed_with)
         if self.started_from is not None:
             training["started_from"] = self.started_from
         meta: dict[str, Any] = {"normalization": dict(self.train_data.normalization), "training": training}
@@ -698,6 +739,7 @@ class _Run:
             "metadata": dumps(self.model.metadata),
             "started_from": dumps(self.started_from),
             "command": self.command,
+            "resumed_with": dumps(self.resumed_with),
             "config": dumps(self.cfg.to_dict()),
             "data": dumps(
                 {
