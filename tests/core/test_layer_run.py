@@ -88,6 +88,21 @@ def test_cancel_gives_no_result(model):
             pass
 
 
+@pytest.mark.parametrize("at", ["estimating the noise", "end"])
+def test_cancel_after_the_last_tile_still_gives_no_result(model, at, monkeypatch):
+    import napari_addunet.engine.layer_run as layer_run
+
+    cancel = threading.Event()
+    if at == "end":  # set while the noise is being estimated, after the check before it
+        real = layer_run._sigma
+        monkeypatch.setattr(layer_run, "_sigma", lambda *a: (cancel.set(), real(*a))[1])
+    gen = iter_layer_denoise(model, _snapshot(np.zeros((32, 32), np.float32)), cancel=cancel, device="cpu")
+    with pytest.raises(InferenceCancelled, match="no layer was added"):
+        for event in gen:
+            if at in getattr(event, "message", ""):
+                cancel.set()
+
+
 class FakeLayer:
     """Just enough of a napari layer."""
 

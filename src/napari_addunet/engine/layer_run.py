@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .inference import Progress, iter_denoise
+from .inference import InferenceCancelled, Progress, iter_denoise
 from .noise_estimate import estimate_sigma
 from .readout import METADATA_KEY
 
@@ -268,12 +268,14 @@ def iter_layer_denoise(
     if alpha is not None:
         denoised = np.concatenate([denoised, np.asarray(alpha, dtype=np.float32)], axis=-1)
     yield Progress(1, 1, 0.0, "estimating the noise before and after")
+    _stop_if_cancelled(cancel)
     source = np.asarray(snapshot.data)
     sigma_before = _sigma(source, result.axes)
     sigma_after = _sigma(denoised, result.axes)
     res = None
     if residual:
         res = source.astype(np.float32) - denoised
+    _stop_if_cancelled(cancel)  # the last chance: no layer is added after a cancel
     values = float(np.prod(denoised.shape)) / 1e6
     name = snapshot.name
     out_names = [DENOISED.format(name=name)] + ([RESIDUAL.format(name=name)] if res is not None else [])
@@ -312,6 +314,11 @@ def iter_layer_denoise(
         res_kwargs = {"name": out_names[1], "metadata": {METADATA_KEY: {"residual_of": name}}}
         layers.append((res, {**res_kwargs, "rgb": snapshot.rgb, **geometry}, "image"))
     return LayerRunResult(layers=layers, record=record, denoised=denoised, residual=res)
+
+
+def _stop_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise InferenceCancelled("cancelled after denoising; no layer was added")
 
 
 def _sigma(data: np.ndarray, axes: str) -> float | None:
