@@ -317,3 +317,29 @@ def test_rgb_results_keep_the_source_contrast_limits(viewer_session, add_dock, q
     _wait(qtbot, widget)
     result = viewer.layers["photo [denoised]"]
     assert result.rgb and tuple(result.contrast_limits) == (0, 255)  # not stretched to its own range
+
+
+def test_deleting_a_result_layer_frees_its_array(viewer_session, add_dock, qtbot):
+    import gc
+    import weakref
+
+    viewer, _ = viewer_session
+    image = viewer.add_image(_noisy((64, 80)), name="cells")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    widget.residual_check.setChecked(True)
+    assert widget.run()
+    _wait(qtbot, widget)
+    assert widget.run_control.last_outcome.ok
+    assert [layer.name for layer in widget.run_control.added] == ["cells [denoised]", "cells [residual]"]
+    arrays = [weakref.ref(viewer.layers[name].data) for name in ("cells [denoised]", "cells [residual]")]
+    viewer.layers.remove("cells [denoised]")
+    viewer.layers.remove("cells [residual]")
+    qtbot.wait(50)
+    gc.collect()
+    assert [ref() is None for ref in arrays] == [True, True]  # nothing in the plugin keeps them
+    assert widget.run_control.added == []
+    assert widget.run_control.last_outcome.value.record.output_names == [
+        "cells [denoised]",
+        "cells [residual]",
+    ]

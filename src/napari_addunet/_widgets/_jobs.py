@@ -367,4 +367,5 @@ class JobRunner(QObject):
             if self.status is not None:
                 set_status(self.status, message, error=True)
         finally:
+            self._outcome = None  # its result may be large and now belongs to the layers it made
             self.done.emit(outcome)

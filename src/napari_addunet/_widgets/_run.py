@@ -7,6 +7,8 @@ layer, starts the job and adds its result.
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,9 +32,10 @@ class LayerRun(QObject):
     runner
         The :class:`~._jobs.JobRunner` (kind ``"inference"``).
     last_outcome
-        How the last run ended.
+        How the last run ended (its result without the arrays, which belong to the layers).
     added
-        The layers the last run added.
+        The layers the last run added that are still alive: the widget holds them weakly, so
+        deleting a result layer frees its memory.
     """
 
     def __init__(
@@ -45,8 +48,12 @@ class LayerRun(QObject):
         self.input_layer: Any = None
         self.input_removed = False
         self.last_outcome: Outcome | None = None
-        self.added: list[Any] = []
+        self._added: list[weakref.ref] = []
         viewer.layers.events.removed.connect(self._on_removed)
+
+    @property
+    def added(self) -> list[Any]:
+        return [layer for layer in (ref() for ref in self._added) if layer is not None]
 
     def check(self, layer: Any, axes: str | None) -> LayerSnapshot | None:
         """Read and check the layer (type, size, axes); show a message and return None if unusable."""
@@ -114,7 +121,7 @@ class LayerRun(QObject):
         import threading
 
         cancel = threading.Event()
-        self.input_layer, self.input_removed, self.added = layer, False, []
+        self.input_layer, self.input_removed, self._added = layer, False, []
         what = f"Denoising {snapshot.name!r}" + (" with chosen gates" if gates is not None else "")
         return self.runner.start(
             factory,
@@ -144,12 +151,17 @@ class LayerRun(QObject):
                 set_status(self.runner.status, message)
         elif outcome.ok:
             result = outcome.value
-            self.added = [self.viewer.add_image(data, **kwargs) for data, kwargs, _ in result.layers]
+            added = [self.viewer.add_image(data, **kwargs) for data, kwargs, _ in result.layers]
+            self._added = [weakref.ref(layer) for layer in added]
+            # the arrays now belong to the layers alone: deleting a layer frees them
+            self.last_outcome = dataclasses.replace(
+                outcome, value=dataclasses.replace(result, layers=[], denoised=None, residual=None)
+            )
             rec = result.record
-            names = [layer.name for layer in self.added]
+            names = [layer.name for layer in added]
             if names != rec.output_names:  # napari numbered a name already taken ("... [1]")
                 rec.output_names = names
-                for layer in self.added:
+                for layer in added:
                     layer.metadata = {**layer.metadata, METADATA_KEY: rec.metadata()}
             self.session.record_run(rec)
             text = (

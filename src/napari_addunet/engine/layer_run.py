@@ -194,7 +194,8 @@ class LayerRunResult:
 
     layers: list[tuple[Any, dict[str, Any], str]]
     record: RunRecord
-    denoised: np.ndarray
+    denoised: np.ndarray | None
+    """The denoised array (``None`` once a widget has handed it to its layer)."""
     residual: np.ndarray | None
 
 
