@@ -243,3 +243,46 @@ def test_a_shown_live_preview_follows_a_model_switch(viewer_session, add_dock, q
     )
     qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
     assert len(widget.sliders) == 2 and widget.preview_layer.name == "noisy [gate preview]"
+
+
+def test_a_4d_layer_previews_and_applies_with_the_axes_typed(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    noisy, _ = _image((2, 3, 40, 48))
+    image = viewer.add_image(noisy, name="tzyx", units="um")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert not widget.request_preview()  # 4-D: the axes cannot be told from the shape
+    assert "No preview: cannot tell the axes" in widget.status.text()
+    assert "Axes box" in widget.status.text()
+    widget.axes_edit.setText("TZYX")
+    viewer.dims.set_current_step(1, 2)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert widget.last_frame.axes == "TZYX" and widget.last_frame.position["Z"] == 2
+    assert widget.status.text() == ""  # the earlier reason is gone once a preview shows
+    assert tuple(widget.preview_layer.units) == tuple(image.units)  # the viewer keeps its units
+    # the source rescaled from the console: the preview layer follows on the next update
+    image.scale = (1.0, 2.0, 0.5, 0.5)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        widget.sliders[0].setValue(0.3)
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    np.testing.assert_allclose(widget.preview_layer.scale, image.scale)
+    widget.live_check.setChecked(False)
+    assert widget.apply()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=20_000)
+    out = viewer.layers["tzyx [denoised]"]
+    assert out.data.shape == noisy.shape and out.metadata[METADATA_KEY]["axes"] == "TZYX"
+
+
+def test_a_multiscale_layer_is_refused_with_a_clear_reason(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    noisy, _ = _image((128, 128))
+    pyramid = viewer.add_image([noisy, noisy[::2, ::2]], name="pyramid", multiscale=True)
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(pyramid)
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert not widget.request_preview()
+    assert "'pyramid' is a multiscale (pyramid) image" in widget.status.text()
+    assert "to preview it" in widget.status.text() and widget.preview_layer is None

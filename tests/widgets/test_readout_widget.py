@@ -97,3 +97,47 @@ def test_class_probabilities_follow_the_dims_slider(viewer_session, add_dock, qt
         np.testing.assert_allclose(widths, probs[z], rtol=1e-6)
         assert f"z={z}" in readout.prob_label.text()
     assert "class probabilities" in readout.copy_text()
+
+
+def test_compare_of_a_4d_result_uses_the_axes_its_run_recorded(viewer_session, add_dock, qtbot, monkeypatch):
+    import napari_addunet._widgets.readout as readout_widget
+
+    viewer, _ = viewer_session
+    noisy, clean = _pair((2, 3, 32, 32))
+    viewer.add_image(clean, name="clean")
+    viewer.add_image(noisy, name="noisy")
+    readout = add_dock(viewer, "Readout")
+    errors: list[str] = []
+    monkeypatch.setattr(readout_widget, "show_error", errors.append)
+    readout.layer_combo.set_layer("noisy")
+    readout.reference_combo.set_layer("clean")
+    assert not readout.compare()  # 4-D with nothing recorded: the axes are asked for
+    assert "cannot tell the axes" in errors[-1] and "Axes box" in errors[-1]
+    readout.axes_edit.setText("TZYX")
+    assert readout.compare()
+    qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
+    expected = compare(noisy, clean, axes="TZYX")
+    assert readout.quality["ssim"] == pytest.approx(expected.ssim) and expected.planes == 6
+    # a result layer of a TZYX run: its recorded axes are used without typing them
+    readout.axes_edit.setText("")
+    viewer.layers["noisy"].metadata = {METADATA_KEY: {"axes": "TZYX"}}
+    readout.quality = None
+    assert readout.compare()
+    qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
+    assert readout.quality["ssim"] == pytest.approx(expected.ssim)
+
+
+def test_compare_refuses_a_multiscale_layer(viewer_session, add_dock, monkeypatch):
+    import napari_addunet._widgets.readout as readout_widget
+
+    viewer, _ = viewer_session
+    full = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    viewer.add_image([full, full[::2, ::2]], name="pyramid", multiscale=True)
+    viewer.add_image(full, name="clean")
+    readout = add_dock(viewer, "Readout")
+    errors: list[str] = []
+    monkeypatch.setattr(readout_widget, "show_error", errors.append)
+    readout.layer_combo.set_layer("pyramid")
+    readout.reference_combo.set_layer("clean")
+    assert not readout.compare()
+    assert "'pyramid' is a multiscale (pyramid) image" in errors[-1] and readout.quality is None

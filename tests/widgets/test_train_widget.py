@@ -223,3 +223,24 @@ def test_closing_the_widget_mid_training_stops_it_and_frees_the_slot(viewer_sess
     assert again.start()
     qtbot.waitUntil(lambda: not again.runner.running, timeout=60_000)
     assert again.result is not None and again.result.step == 2
+
+
+def test_a_multiscale_layer_is_refused_not_trained_on_its_thumbnail(viewer_session, add_dock, monkeypatch):
+    import napari_addunet._widgets.train as train_widget
+
+    viewer, state = viewer_session
+    rng = np.random.default_rng(0)
+    full = rng.random((128, 128)).astype(np.float32)
+    viewer.add_image([full, full[::2, ::2], full[::4, ::4]], name="pyramid", multiscale=True)
+    widget = add_dock(viewer, WIDGET)
+    _tiny_settings(widget)
+    errors: list[str] = []
+    monkeypatch.setattr(train_widget, "show_error", errors.append)
+    widget.table.set_row("pyramid")
+    assert not widget.start()
+    assert (
+        errors
+        and "'pyramid' is a multiscale (pyramid) image" in errors[-1]
+        and "to train on it" in errors[-1]
+    )
+    assert not widget.runner.running and state.training is None

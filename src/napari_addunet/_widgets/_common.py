@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QLineEdit, QSizePolicy, QWidget
 
 from napari_addunet.engine.devices import available_devices
 
@@ -74,6 +74,21 @@ def is_image_layer(layer: Any) -> bool:
         return False
     record = (layer.metadata or {}).get("napari_addunet")
     return not (isinstance(record, dict) and "preview_of" in record)
+
+
+def axes_edit() -> QLineEdit:
+    """The Axes box: empty for the axes inferred from the shape, else one letter per dimension."""
+    edit = QLineEdit()
+    edit.setPlaceholderText("auto (as detected)")
+    edit.setToolTip(
+        "Override the axes: letters T (time), Z (depth), C (channel), Y, X, one per dimension, e.g. ZYX, CYX, TZYX"
+    )
+    return edit
+
+
+def axes_of(edit: QLineEdit) -> str | None:
+    """The axes typed in an Axes box, or None (infer them)."""
+    return edit.text().strip().upper() or None
 
 
 def status_label() -> QLabel:

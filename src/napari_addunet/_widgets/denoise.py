@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -34,6 +33,8 @@ from napari_addunet.session import session as get_session
 from ._common import (
     DeviceCombo,
     LayerCombo,
+    axes_edit,
+    axes_of,
     call_when_destroyed,
     real_viewer,
     set_status,
@@ -81,11 +82,7 @@ class DenoiseWidget(QWidget):
         self.axes_label = QLabel()
         self.axes_label.setWordWrap(True)
         form.addRow("detected axes", self.axes_label)
-        self.axes_edit = QLineEdit()
-        self.axes_edit.setPlaceholderText("auto (as detected)")
-        self.axes_edit.setToolTip(
-            "Override the axes: letters T (time), Z (depth), C (channel), Y, X, one per dimension, e.g. ZYX, CYX, TZYX"
-        )
+        self.axes_edit = axes_edit()
         form.addRow("axes", self.axes_edit)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 8192)
@@ -227,8 +224,7 @@ class DenoiseWidget(QWidget):
     # -- input ------------------------------------------------------------------------------------
     def axes(self) -> str | None:
         """The axes override, or None for the detected axes."""
-        text = self.axes_edit.text().strip().upper()
-        return text or None
+        return axes_of(self.axes_edit)
 
     def _update_axes(self, *_: Any) -> None:
         layer = self.layer_combo.layer()

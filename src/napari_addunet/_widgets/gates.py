@@ -45,10 +45,13 @@ from napari_addunet.engine.gate_preview import (
     gate_slider_max,
     has_gates,
 )
+from napari_addunet.engine.layer_run import LayerError, check_image_layer
 from napari_addunet.session import session as get_session
 
 from ._common import (
     LayerCombo,
+    axes_edit,
+    axes_of,
     call_when_destroyed,
     camera_of,
     is_deleted,
@@ -93,6 +96,8 @@ class GatesWidget(QWidget):
         form = QFormLayout()
         self.layer_combo = LayerCombo(self.viewer)
         form.addRow("image", self.layer_combo)
+        self.axes_edit = axes_edit()
+        form.addRow("axes", self.axes_edit)
         self.live_check = QCheckBox("live preview of the slice on screen")
         self.live_check.setChecked(True)
         form.addRow(self.live_check)
@@ -160,6 +165,7 @@ class GatesWidget(QWidget):
         self.last_frame: Any = None
         self.last_latency: float | None = None
         self.preview_count = 0
+        self._preview_error = False  # the status line shows why there is no preview
         self._preview: SlicePreview | None = None
         self._pending: PreviewRequest | None = None
         self._pending_layer: Any = None
@@ -184,6 +190,7 @@ class GatesWidget(QWidget):
         self.sweep_button.clicked.connect(self.sweep)
         self.sweep_gate_combo.currentIndexChanged.connect(self._on_sweep_gate)
         self.layer_combo.layer_changed.connect(self._on_layer)
+        self.axes_edit.editingFinished.connect(self._on_layer)
         self.live_check.toggled.connect(self._on_live)
         for runner in (self.runner, self.sweep_runner):
             runner.started.connect(self._update_buttons)
@@ -318,7 +325,8 @@ class GatesWidget(QWidget):
             self.preview_layer = None
 
     def _on_view_changed(self, *_: Any) -> None:
-        if self.live_check.isChecked() and self.preview_layer is not None:
+        # also while the first preview computes: it would land on the slice it was asked for
+        if self.live_check.isChecked() and (self.preview_layer is not None or self.preview_busy):
             self._timer.start()
 
     def _drop_preview_layer(self) -> None:
@@ -355,11 +363,15 @@ class GatesWidget(QWidget):
         layer = self.layer_combo.layer()
         if self._preview is None or layer is None:
             return None
+        typed = axes_of(self.axes_edit)
         try:
-            axes = resolve_axes(tuple(layer.data.shape), None, bool(layer.rgb))
+            check_image_layer(layer, "preview")
+            axes = resolve_axes(tuple(layer.data.shape), typed, bool(layer.rgb) if typed is None else None)
             position, center = self._slice_of(layer, axes)
-        except (AxesError, ValueError) as exc:
-            set_status(self.status, f"No preview: {exc}", error=True)
+        except (AxesError, LayerError, ValueError) as exc:
+            hint = " Type the axes in the Axes box (e.g. TZYX)." if isinstance(exc, AxesError) else ""
+            set_status(self.status, f"No preview: {exc}{hint}", error=True)
+            self._preview_error = True
             return None
         return PreviewRequest(
             data=layer.data,
@@ -407,6 +419,7 @@ class GatesWidget(QWidget):
             return  # superseded by a newer request, which runs next
         if not outcome.ok:
             set_status(self.status, f"No preview: {outcome.message}", error=True)
+            self._preview_error = True
             return
         if self._running_preview is not self._preview:
             return  # the active model changed meanwhile
@@ -415,6 +428,9 @@ class GatesWidget(QWidget):
         if layer is None or layer is not self._running_layer:
             return  # the image was changed meanwhile
         self._show(layer, frame)
+        if self._preview_error:  # the reason there was no preview is gone
+            set_status(self.status, "")
+            self._preview_error = False
         now = time.perf_counter()
         self.last_latency = now - self._running_since if self._running_since is not None else None
         self.last_frame = frame
@@ -473,6 +489,10 @@ class GatesWidget(QWidget):
                 "metadata": meta,
                 "blending": "opaque",
             }
+            for key in ("units", "axis_labels"):  # the viewer keeps showing the source's units
+                value = getattr(layer, key, None)
+                if value is not None:
+                    kwargs[key] = value
             kwargs["contrast_limits"] = layer.contrast_limits  # the source's, RGB too
             if not layer.rgb:
                 kwargs["colormap"] = layer.colormap.name
@@ -482,6 +502,9 @@ class GatesWidget(QWidget):
                 self.viewer.layers.selection.active = active
         else:
             target.data = data
+            # the source may have been moved or rescaled since (from the console, a plugin)
+            target.scale, target.rotate, target.shear = layer.scale, layer.rotate, layer.shear
+            target.affine = layer.affine.affine_matrix
             target.translate = translate
             target.metadata = meta
 
@@ -492,7 +515,10 @@ class GatesWidget(QWidget):
             show_error("The active model has no skip gates")
             return False
         return self.apply_control.start(
-            self.layer_combo.layer(), gates=self.gates(), device=self.session.device
+            self.layer_combo.layer(),
+            axes=axes_of(self.axes_edit),
+            gates=self.gates(),
+            device=self.session.device,
         )
 
     def sweep(self) -> bool:

@@ -24,7 +24,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_addunet.engine.axes import AxesError, resolve_axes
 from napari_addunet.engine.devices import available_devices
+from napari_addunet.engine.layer_run import LayerError, check_image_layer
 from napari_addunet.engine.noise_estimate import estimate_sigma
 from napari_addunet.engine.readout import (
     METADATA_KEY,
@@ -36,27 +38,44 @@ from napari_addunet.engine.readout import (
 )
 from napari_addunet.session import session as get_session
 
-from ._common import LayerCombo, call_when_destroyed, real_viewer, set_status, show_error, status_label
+from ._common import (
+    LayerCombo,
+    axes_edit,
+    axes_of,
+    call_when_destroyed,
+    real_viewer,
+    set_status,
+    show_error,
+    status_label,
+)
 from ._jobs import JobRunner, Outcome
 from ._plots import COLORS, PlotCanvas
 
 
-def _quality(image: Any, reference: Any, rgb: bool) -> dict[str, Any]:
+def _quality(image: Any, reference: Any, rgb: bool, axes: str | None = None) -> dict[str, Any]:
     """Worker body of Compare: PSNR/SSIM and the noise estimate of both layers."""
     image, reference = np.asarray(image), np.asarray(reference)
-    q = compare(image, reference, rgb=rgb)
+    flag = rgb if axes is None else None
+    q = compare(image, reference, axes=axes, rgb=flag)
     return {
         "psnr": q.psnr,
         "ssim": q.ssim,
         "data_range": q.data_range,
-        "sigma": estimate_sigma(image, rgb=rgb),
-        "sigma_reference": estimate_sigma(reference, rgb=rgb),
+        "sigma": estimate_sigma(image, axes, rgb=flag),
+        "sigma_reference": estimate_sigma(reference, axes, rgb=flag),
     }
 
 
-def _quality_job(image: Any, reference: Any, rgb: bool) -> Any:
+def _quality_job(image: Any, reference: Any, rgb: bool, axes: str | None = None) -> Any:
     yield None
-    return _quality(image, reference, rgb)
+    return _quality(image, reference, rgb, axes)
+
+
+def recorded_axes(layer: Any) -> str | None:
+    """The axes a denoising run recorded in a result layer's metadata, if they fit its shape."""
+    record = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY)
+    axes = record.get("axes") if isinstance(record, dict) else None
+    return axes if isinstance(axes, str) and len(axes) == len(layer.data.shape) else None
 
 
 class ReadoutWidget(QWidget):
@@ -79,6 +98,9 @@ class ReadoutWidget(QWidget):
         self.reference_combo = LayerCombo(self.viewer, none_text="(choose a clean reference)")
         form.addRow("layer", self.layer_combo)
         form.addRow("reference", self.reference_combo)
+        self.axes_edit = axes_edit()
+        self.axes_edit.setPlaceholderText("auto (as recorded by the run, or detected)")
+        form.addRow("axes", self.axes_edit)
         self.compare_button = QPushButton("Compare")
         form.addRow(self.compare_button)
         self.quality_label = QLabel("")
@@ -192,6 +214,12 @@ class ReadoutWidget(QWidget):
         if layer is None or reference is None:
             show_error("Choose a layer and a clean reference layer to compare")
             return False
+        try:
+            check_image_layer(layer, "compare")
+            check_image_layer(reference, "compare")
+        except LayerError as exc:
+            show_error(str(exc))
+            return False
         if tuple(layer.data.shape) != tuple(reference.data.shape):
             show_error(
                 f"{layer.name!r} has shape {tuple(layer.data.shape)} but the reference {reference.name!r} has "
@@ -200,8 +228,17 @@ class ReadoutWidget(QWidget):
             return False
         names = (layer.name, reference.name)
         data, ref, rgb = layer.data, reference.data, bool(layer.rgb)
+        axes = axes_of(self.axes_edit) or recorded_axes(layer) or recorded_axes(reference)
+        try:
+            resolve_axes(tuple(data.shape), axes, rgb if axes is None else None)
+        except AxesError as exc:
+            text = str(exc).strip()
+            show_error(
+                f"{text}{'' if text.endswith('.') else '.'} Type the axes in the Axes box (e.g. TZYX)."
+            )
+            return False
         return self.runner.start(
-            lambda: _quality_job(data, ref, rgb),
+            lambda: _quality_job(data, ref, rgb, axes),
             f"Comparing {names[0]!r} with {names[1]!r}",
             on_done=lambda outcome: self._on_quality(outcome, names),
             progress=lambda _e: None,

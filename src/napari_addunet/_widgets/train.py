@@ -32,6 +32,7 @@ from superqt import QCollapsible
 
 from napari_addunet.engine.checkpoint import CheckpointError, save_model
 from napari_addunet.engine.layer_data import KINDS, layer_training_data
+from napari_addunet.engine.layer_run import LayerError, check_image_layer
 from napari_addunet.engine.training import train_events
 from napari_addunet.engine.training_config import TrainingConfig
 from napari_addunet.engine.training_events import EpochDone, StepDone, TrainingFinished, TrainingStarted
@@ -334,6 +335,13 @@ class TrainWidget(QWidget):
             return False
         if kind == "pairs" and any(target is None for _, _, target in chosen):
             show_error("Pairs need a target layer for every ticked layer (the 'target' column)")
+            return False
+        try:
+            for layer, _, target in chosen:
+                for one in (layer, target) if target is not None else (layer,):
+                    check_image_layer(one, "train on")
+        except LayerError as exc:
+            show_error(str(exc))
             return False
         images = [(layer.name, layer.data) for layer, _, _ in chosen]
         targets = (

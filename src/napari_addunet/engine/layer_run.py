@@ -40,6 +40,33 @@ class LayerError(ValueError):
     """A layer cannot be denoised (wrong type, empty, multiscale ...)."""
 
 
+def check_image_layer(layer: Any, purpose: str = "denoise") -> None:
+    """Refuse what a widget cannot read as one image: not an Image layer, a multiscale
+    (pyramid) layer (whose array napari gives as its smallest level), an empty layer.
+
+    Raises
+    ------
+    LayerError
+        With a message naming the layer and what to do; ``purpose`` completes it
+        (``"denoise"``, ``"train on"``, ``"compare"``, ``"preview"``).
+    """
+    kind = layer.__class__.__name__
+    if not any(c.__name__ == "Image" for c in layer.__class__.__mro__):
+        raise LayerError(
+            f"{layer.name!r} is a {kind} layer; to {purpose} it needs an Image layer "
+            "(labels, points and shapes are not images)"
+        )
+    if getattr(layer, "multiscale", False):
+        raise LayerError(
+            f"{layer.name!r} is a multiscale (pyramid) image; open its full-resolution level as "
+            f"an ordinary image layer to {purpose} it"
+        )
+    if 0 in tuple(layer.data.shape):
+        raise LayerError(
+            f"{layer.name!r} is empty (shape {tuple(layer.data.shape)}); there is nothing to {purpose}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerSnapshot:
     """What a run needs from an image layer, read once on the main thread.
@@ -64,22 +91,8 @@ class LayerSnapshot:
     @classmethod
     def from_layer(cls, layer: Any) -> LayerSnapshot:
         """Read a napari layer; :class:`LayerError` unless it is a non-empty single-scale image."""
-        kind = layer.__class__.__name__
-        if not any(c.__name__ == "Image" for c in layer.__class__.__mro__):
-            raise LayerError(
-                f"{layer.name!r} is a {kind} layer; denoising needs an Image layer "
-                "(labels, points and shapes are not images)"
-            )
-        if getattr(layer, "multiscale", False):
-            raise LayerError(
-                f"{layer.name!r} is a multiscale (pyramid) image; open its full-resolution level as "
-                "an ordinary image layer to denoise it"
-            )
+        check_image_layer(layer, "denoise")
         data = layer.data
-        if 0 in tuple(data.shape):
-            raise LayerError(
-                f"{layer.name!r} is empty (shape {tuple(data.shape)}); there is nothing to denoise"
-            )
         cmap = getattr(layer, "colormap", None)
         units = getattr(layer, "units", None)
         return cls(
