@@ -99,18 +99,24 @@ def test_class_probabilities_follow_the_dims_slider(viewer_session, add_dock, qt
     assert "class probabilities" in readout.copy_text()
 
 
-def test_compare_of_a_4d_result_uses_the_axes_its_run_recorded(viewer_session, add_dock, qtbot, monkeypatch):
+def _readout_comparing(viewer, add_dock, monkeypatch, layer, reference):
+    """The Readout with ``layer`` and ``reference`` chosen, and the errors it shows collected."""
     import napari_addunet._widgets.readout as readout_widget
 
+    readout = add_dock(viewer, "Readout")
+    errors: list[str] = []
+    monkeypatch.setattr(readout_widget, "show_error", errors.append)
+    readout.layer_combo.set_layer(layer)
+    readout.reference_combo.set_layer(reference)
+    return readout, errors
+
+
+def test_compare_of_a_4d_result_uses_the_axes_its_run_recorded(viewer_session, add_dock, qtbot, monkeypatch):
     viewer, _ = viewer_session
     noisy, clean = _pair((2, 3, 32, 32))
     viewer.add_image(clean, name="clean")
     viewer.add_image(noisy, name="noisy")
-    readout = add_dock(viewer, "Readout")
-    errors: list[str] = []
-    monkeypatch.setattr(readout_widget, "show_error", errors.append)
-    readout.layer_combo.set_layer("noisy")
-    readout.reference_combo.set_layer("clean")
+    readout, errors = _readout_comparing(viewer, add_dock, monkeypatch, "noisy", "clean")
     assert not readout.compare()  # 4-D with nothing recorded: the axes are asked for
     assert "cannot tell the axes" in errors[-1] and "Axes box" in errors[-1]
     readout.axes_edit.setText("TZYX")
@@ -128,16 +134,10 @@ def test_compare_of_a_4d_result_uses_the_axes_its_run_recorded(viewer_session, a
 
 
 def test_compare_refuses_a_multiscale_layer(viewer_session, add_dock, monkeypatch):
-    import napari_addunet._widgets.readout as readout_widget
-
     viewer, _ = viewer_session
     full = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     viewer.add_image([full, full[::2, ::2]], name="pyramid", multiscale=True)
     viewer.add_image(full, name="clean")
-    readout = add_dock(viewer, "Readout")
-    errors: list[str] = []
-    monkeypatch.setattr(readout_widget, "show_error", errors.append)
-    readout.layer_combo.set_layer("pyramid")
-    readout.reference_combo.set_layer("clean")
+    readout, errors = _readout_comparing(viewer, add_dock, monkeypatch, "pyramid", "clean")
     assert not readout.compare()
     assert "'pyramid' is a multiscale (pyramid) image" in errors[-1] and readout.quality is None
