@@ -124,6 +124,12 @@ def _training_data(args: argparse.Namespace) -> Any:
         raise _error("give either --clean or --noisy, not both")
     if not args.clean and not args.noisy:
         raise _error("give the training images with --clean (synthetic noise) or --noisy (noisy images only)")
+    if args.noisy and (args.sigma is not None or args.noise):
+        given = " and ".join(o for o, v in (("--sigma", args.sigma), ("--noise", args.noise)) if v)
+        raise _error(
+            f"{given} set the synthetic noise added to --clean images; --noisy images are trained "
+            "on their own noise, so drop it"
+        )
     sources = args.clean or args.noisy
     norm = None if args.normalization == "auto" else args.normalization
     if args.pairs:

@@ -144,6 +144,8 @@ def test_noisy_only_pairs_and_class_folders(run, images, config, tmp_path, capsy
         (["--clean", "IMG", "--noisy", "IMG"], "either --clean or --noisy, not both"),
         ([], "give the training images with --clean"),
         (["--clean", "IMG", "--pairs", "IMG"], "use it with --noisy"),
+        (["--noisy", "IMG", "--sigma", "25"], "--sigma set the synthetic noise added to --clean images"),
+        (["--noisy", "IMG", "--pairs", "IMG", "--noise", "gaussian"], "--noise set the synthetic noise"),
         (["--clean", "IMG", "--sigma", "x"], "--sigma takes a level or a range"),
         (["--clean", "IMG", "--sigma", "40:10"], "--sigma needs 0 <= low <= high <= 255"),
         (
