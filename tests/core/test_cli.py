@@ -481,3 +481,19 @@ def test_png_alpha_is_kept_and_palettes_are_read_as_their_colours(tiny_model, tm
     _png(rgb, shown)
     assert main(["-q", "denoise", str(rgb), "-o", str(tmp_path / "s.png"), "-m", str(tiny_model)]) == 0
     assert np.array_equal(np.array(Image.open(out)), np.array(Image.open(tmp_path / "s.png")))
+
+
+def test_a_plain_tiff_of_two_to_four_pages_asks_whether_they_are_channels(tiny_model, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    two = tmp_path / "two.tif"
+    tifffile.imwrite(
+        two, np.stack([rng.random((24, 24)) * 10, rng.random((24, 24)) * 4000]).astype("f4"), metadata=None
+    )
+    assert main(["-q", "denoise", str(two), "-o", str(tmp_path / "o.tif"), "-m", str(tiny_model)]) == 2
+    assert "cannot tell the axes of an array of shape (2, 24, 24)" in capsys.readouterr().err
+    argv = ["-q", "denoise", str(two), "-o", str(tmp_path / "o.tif"), "-m", str(tiny_model), "--axes", "CYX"]
+    assert main(argv) == 0
+    six = tmp_path / "six.tif"
+    tifffile.imwrite(six, rng.random((6, 24, 24)).astype("f4"), metadata=None)  # more pages: a Z stack
+    assert main(["-q", "denoise", str(six), "-o", str(tmp_path / "s.tif"), "-m", str(tiny_model)]) == 0
+    assert tifffile.imread(tmp_path / "s.tif").shape == (6, 24, 24)

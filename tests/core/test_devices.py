@@ -34,6 +34,15 @@ def test_nonexistent_cuda_index_or_unknown_device():
         na.resolve_device("tpu")
 
 
+def test_mps_by_index_is_read_as_mps():
+    # str(torch.device("mps", 0)) is "mps:0": the device an MPS tensor reports
+    if torch.backends.mps.is_available():
+        assert na.resolve_device(torch.device("mps", 0)).type == "mps"
+    else:
+        with pytest.raises(DeviceError, match="Apple MPS is not available"):
+            na.resolve_device(torch.device("mps", 0))
+
+
 def test_channels_last_is_preferred_on_cpu_with_onednn_not_on_mps():
     from napari_addunet.engine.devices import prefers_channels_last
 

@@ -99,6 +99,18 @@ def test_table_and_json(folder):
     assert "seed(0)" in data["protocol"]
 
 
+def test_json_is_strict_when_a_psnr_is_infinite(folder):
+    report = evaluate(shift_model(0.0), [folder / "a.png"], [0, 25])  # sigma 0: the input is exact
+    assert math.isinf(report.mean(0)["input_psnr"])
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    data = json.loads(report.to_json(), parse_constant=refuse)
+    assert data["results"]["0"]["mean"]["input_psnr"] is None
+    assert data["results"]["25"]["mean"]["psnr"] == pytest.approx(report.mean(25)["psnr"])
+
+
 def test_in_memory_images_and_progress():
     seen = []
     arrays = {"x": np.zeros((12, 12), np.uint8), "y": np.full((12, 12), 200, np.uint8)}

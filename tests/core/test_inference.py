@@ -457,7 +457,8 @@ def test_out_must_be_a_writable_float_array_of_a_computed_result(model):
 
     x = np.random.default_rng(3).random((2, 30, 30)).astype(np.float32)
     for bad, error, message in (
-        (np.zeros((2, 30, 30), np.uint8), ValueError, "floating-point array .* got uint8"),
+        (np.zeros((2, 30, 30), np.uint8), ValueError, "float32 or float64 array .* got uint8"),
+        (np.zeros((2, 30, 30), np.float16), ValueError, "got float16: float16 overflows to inf"),
         (np.zeros((2, 30, 30), np.int16), ValueError, "got int16"),
         ([[0.0] * 30] * 30, TypeError, "writable array .* got list"),
     ):

@@ -87,7 +87,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if spec in ("cpu", "cpu:0"):  # str(torch.device("cpu", 0)) is "cpu:0"
         return torch.device("cpu")
-    if spec == "mps":
+    if spec in ("mps", "mps:0"):  # str(torch.device("mps", 0)), what an MPS tensor reports
         if not _mps_available():
             raise DeviceError(
                 f"device 'mps' was requested but Apple MPS is not available here; present: {present}"

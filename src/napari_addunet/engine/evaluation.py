@@ -104,7 +104,9 @@ class EvaluationReport:
         }
 
     def to_json(self, indent: int = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """Strict JSON: an infinite PSNR (an image restored exactly, e.g. the noisy input at
+        sigma 0) is written as ``null``, which every JSON reader accepts."""
+        return json.dumps(_finite_or_none(self.to_dict()), indent=indent, allow_nan=False)
 
     def table(self, per_image: bool = True) -> str:
         """A plain-text table: one row per image and sigma, then the means."""
@@ -127,6 +129,16 @@ class EvaluationReport:
                 f"{m['input_psnr']:10.2f}  {m['input_ssim']:10.4f}"
             )
         return "\n".join(lines)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def _sigma_key(s: float) -> str:

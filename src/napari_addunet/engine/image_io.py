@@ -158,7 +158,7 @@ def _read_tiff(path: Path) -> ImageFile:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        axes = series.axes
+        axes, series_shape = series.axes, tuple(series.shape)
         page = tif.pages[0]
         res = page.tags.get("XResolution"), page.tags.get("YResolution")
         unit = page.tags.get("ResolutionUnit")
@@ -168,6 +168,11 @@ def _read_tiff(path: Path) -> ImageFile:
         data = tifffile.memmap(path, mode="r")
     except (ValueError, OSError):
         data = tifffile.imread(path)
+    # tifffile's I/Q: pages without a meaning. 2-4 of them may be channels, which are
+    # normalised apart, so that is not guessed (the caller gives --axes); more are a Z stack.
+    unnamed = [i for i, a in enumerate(axes) if a in "IQ"]
+    if any(2 <= series_shape[i] <= 4 for i in unnamed):
+        axes = ""
     axes = axes.replace("S", "C").replace("Q", "Z").replace("I", "Z")
     if len(axes) != data.ndim or len(set(axes)) != len(axes):
         axes = None  # e.g. two unnamed leading axes: ask the caller (--axes) instead of guessing

@@ -219,10 +219,14 @@ def _check_out(out: Any, shape: tuple[int, ...], lazy: bool) -> None:
         raise TypeError(f"out must be a writable array (numpy, memmap, zarr), got {type(out).__name__}")
     if tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)} but the input has shape {shape}")
-    if np.dtype(out.dtype).kind != "f":
+    if np.dtype(out.dtype).kind != "f" or np.dtype(out.dtype).itemsize < 4:
         raise ValueError(
-            f"out must be a floating-point array (results are float32), got {np.dtype(out.dtype)}: "
-            "integers would wrap or lose the values"
+            f"out must be a float32 or float64 array (results are float32), got {np.dtype(out.dtype)}: "
+            + (
+                "float16 overflows to inf above 65504 and keeps 3 significant digits"
+                if np.dtype(out.dtype).kind == "f"
+                else "integers would wrap or lose the values"
+            )
         )
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out is read-only; pass a writable array")
