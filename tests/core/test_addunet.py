@@ -223,6 +223,8 @@ def test_config_errors_are_specific():
         na.create_model("addunet", encoder="concat")
     with pytest.raises(ConfigError, match="width must be <= 512"):
         na.create_model("addunet", width=1000)
+    with pytest.raises(ConfigError, match="gate_init must be >= 0.001"):
+        na.create_model("addunet", gate_init=0.0)  # a gate at 0 could never open
     with pytest.raises(ConfigError, match="global_residual needs out_channels == in_channels"):
         na.create_model("addunet", in_channels=3, out_channels=1)
     assert na.create_model("addunet", in_channels=3, out_channels=1, global_residual=False).out_channels == 1
@@ -307,3 +309,17 @@ def test_bands_run_on_the_cpu_only():
         assert not calls
         model.to("meta")(torch.empty(1, 1, 4 * BAND_ROWS, 16, device="meta"))
     assert calls
+
+
+def test_a_small_initial_gate_learns_and_a_gate_set_to_zero_stays_closed():
+    torch.manual_seed(0)
+    model = na.create_model("addunet", width=4, kernels=(3, 3), gate_init=0.001)
+    model.set_gates([0.0, 0.001])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.rand(2, 1, 16, 16)
+    for _ in range(5):
+        optimizer.zero_grad()
+        ((model(x).denoised - x.flip(-1)) ** 2).mean().backward()
+        optimizer.step()
+    assert model.gates[0] == 0.0  # closed for good, as set_gates documents
+    assert abs(model.gates[1] - 0.001) > 1e-6  # a small gate moves (about 1% per step here)

@@ -144,6 +144,24 @@ def test_slice_preview_matches_full_inference(model):
     assert other.encode_seconds is not None
 
 
+def test_other_axes_or_normalisation_of_one_array_are_encoded_again(model):
+    data = np.random.default_rng(4).random((3, 3, 40, 40)).astype(np.float32) * 100
+    gates = tuple(model.gates)
+    preview = SlicePreview(model)
+    first = preview.update(PreviewRequest(data, "ZCYX", {"Z": 0}, gates, data_key="k"))
+    other = preview.update(PreviewRequest(data, "CZYX", {"Z": 0}, gates, data_key="k"))
+    assert other.encode_seconds is not None
+    fresh = SlicePreview(model).update(PreviewRequest(data, "CZYX", {"Z": 0}, gates, data_key="k"))
+    np.testing.assert_allclose(other.block, fresh.block, rtol=1e-5, atol=1e-5)
+    assert np.abs(other.block - first.block).max() > 1e-3
+    plain = preview.update(PreviewRequest(data, "CZYX", {"Z": 0}, gates, data_key="k", normalization="none"))
+    assert plain.encode_seconds is not None
+    fresh = SlicePreview(model).update(
+        PreviewRequest(data, "CZYX", {"Z": 0}, gates, data_key="k", normalization="none")
+    )
+    np.testing.assert_allclose(plain.block, fresh.block, rtol=1e-5, atol=1e-5)
+
+
 def test_slice_preview_crops_around_the_centre(model):
     image = np.random.default_rng(4).random((300, 200)).astype(np.float32)
     frame = SlicePreview(model).update(

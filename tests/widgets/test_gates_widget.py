@@ -286,3 +286,24 @@ def test_a_multiscale_layer_is_refused_with_a_clear_reason(viewer_session, add_d
     assert not widget.request_preview()
     assert "'pyramid' is a multiscale (pyramid) image" in widget.status.text()
     assert "to preview it" in widget.status.text() and widget.preview_layer is None
+
+
+def test_an_rgba_layer_is_previewed_without_its_alpha_as_apply_denoises_it(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    noisy, _ = _image((3, 40, 48))
+    rgba = np.concatenate([np.moveaxis(noisy, 0, -1), np.ones((40, 48, 1), np.float32)], axis=-1)
+    rgba = np.clip(rgba * 255, 0, 255).astype(np.uint8)
+    image = viewer.add_image(rgba, name="rgba", rgb=True)
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert widget.last_frame.block.shape == (40, 48, 3)
+    widget.live_check.setChecked(False)
+    assert widget.apply()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=20_000)
+    applied = viewer.layers["rgba [denoised]"].data
+    assert applied.shape == (40, 48, 4) and np.array_equal(applied[..., 3], rgba[..., 3])  # alpha kept
+    np.testing.assert_allclose(widget.last_frame.block, applied[..., :3], rtol=1e-4, atol=1e-2)

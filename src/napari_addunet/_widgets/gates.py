@@ -69,6 +69,15 @@ PREVIEW = "{name} [gate preview]"
 DEBOUNCE_MS = 40
 
 
+def _without_alpha(layer: Any, typed_axes: str | None) -> Any:
+    """The layer's array without the alpha channel of an RGBA layer (as Apply leaves it alone);
+    a view, not a copy."""
+    data = layer.data
+    if typed_axes is None and getattr(layer, "rgb", False) and data.shape[-1] == 4:
+        return data[..., :3]
+    return data
+
+
 def _render(preview: SlicePreview, request: PreviewRequest) -> Outcome:
     """Worker body of one preview request (never raises)."""
     t0 = time.perf_counter()
@@ -374,7 +383,7 @@ class GatesWidget(QWidget):
             self._preview_error = True
             return None
         return PreviewRequest(
-            data=layer.data,
+            data=_without_alpha(layer, typed),
             axes=axes,
             position=position,
             gates=self.gates(),
@@ -531,16 +540,16 @@ class GatesWidget(QWidget):
         if request is None:
             show_error("No slice to sweep: choose an image layer (2D view)")
             return False
-        if tuple(reference.data.shape) != tuple(request.data.shape):
+        ref_data = _without_alpha(reference, axes_of(self.axes_edit))
+        if tuple(ref_data.shape) != tuple(request.data.shape):
             show_error(
-                f"The reference {reference.name!r} has shape {tuple(reference.data.shape)} but the image has "
+                f"The reference {reference.name!r} has shape {tuple(ref_data.shape)} but the image has "
                 f"shape {tuple(request.data.shape)}"
             )
             return False
         gate = int(self.sweep_gate_combo.currentData())
         values = np.linspace(self.sweep_from.value(), self.sweep_to.value(), self.sweep_steps.value())
         model = self.session.model
-        ref_data = reference.data
         cancel = threading.Event()
 
         def factory() -> Any:

@@ -438,6 +438,8 @@ class SlicePreview:
         window = crop_window(layout.height, layout.width, request.center, request.max_side)
         key = (
             request.data_key if request.data_key is not None else id(request.data),
+            layout.axes,  # other axes or another normalisation read other planes, other values
+            normalizer,
             tuple(pos.items()),
             window,
         )

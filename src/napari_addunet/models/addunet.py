@@ -62,7 +62,12 @@ class AddUNetConfig(ModelConfig):
     )
     global_residual: bool = setting(True, doc="add the input to the output (learn the residual)")
     batch_norm: bool = setting(False, doc="batch normalisation after each convolution")
-    gate_init: float = setting(1.0, ge=0.0, le=10.0, doc="initial value of every gate alpha")
+    gate_init: float = setting(
+        1.0,
+        ge=0.001,
+        le=10.0,
+        doc="initial value of every gate alpha (above 0: a gate at 0 gets no gradient)",
+    )
 
     def check(self) -> None:
         if self.global_residual and self.output_channels != self.in_channels:
@@ -212,7 +217,12 @@ class AddUNet(DenoiserModel):
         return out
 
     def set_gates(self, values: Sequence[float]) -> None:
-        """Set the gates to ``values`` (one non-negative number per level, shallow to deep)."""
+        """Set the gates to ``values`` (one non-negative number per level, shallow to deep).
+
+        A gate set to exactly 0 closes its skip for good: it stays 0 through any later training
+        (the softplus behind it has no gradient there). Set a small positive value instead to
+        let training reopen it.
+        """
         vals = self._check_gates(values)
         with torch.no_grad():
             self.beta.copy_(torch.tensor([_inverse_softplus(v) for v in vals], dtype=self.beta.dtype))
