@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 import napari_addunet as na
+from napari_addunet.engine.atomic import atomic_write_text
 from napari_addunet.engine.complexity import macs_per_pixel
 
 INTRO = """# Models
@@ -35,7 +36,12 @@ ADDUNET_NOTES = """
   convolution maps back to the output channels. With `global_residual=True` (default) the
   input is added to the output, so the network learns the correction.
 - **Levels.** One level per entry of `kernels` (default 9-7-5-3-1, shallow to deep); each
-  encoder and decoder level is `convs_per_level` convolutions of that kernel at width `C`.
+  encoder and decoder level is `convs_per_level` convolutions of that kernel at width `C`,
+  or `level_convs[j]` at level `j` when `level_convs` is given (one count per level, e.g.
+  `level_convs=(2, 4, 4, 4)`: in a multi-scale model the deeper levels run at 1/4, 1/16, ...
+  of the pixels, so convolutions there are cheap). `scripts/deepen_addunet.py` adds
+  convolutions to a trained model as identities after a ReLU, so the deeper model starts from
+  the same function.
 - **Encoder "residual" (Real AddUNet, default).** `r_i = Enc_i(x_i)`, `x_(i+1) = x_i - r_i`;
   the skip carries `r_i`. The last convolution of `Enc_i` is linear so that `r_i` can take
   either sign.
@@ -43,15 +49,41 @@ ADDUNET_NOTES = """
   carries `x_(i+1)`.
 - **Decoder.** Starts from the last encoder state `u = x_L` and runs deepest level first:
   `u = Dec_j(u + alpha_j * s_j)`. `alpha_j = softplus(beta_j)`, one learnable scalar per level,
-  initialised to `gate_init` (1.0). `model.gates` lists them shallow to deep;
-  `model.set_gates(values)` sets them (a 0 gate removes that skip exactly);
+  initialised to `gate_init` (1.0; at least 0.001, since a gate at 0 gets no gradient and
+  could never open). `model.gates` lists them shallow to deep; `model.set_gates(values)` sets
+  them (a 0 gate removes that skip exactly, and stays 0 through any later training);
   `model.decode(model.encode(x), gates=...)` tries values without changing the model.
 - **Multi-scale (our extension, off by default).** A 2x2 stride-2 convolution + ReLU after
   every level but the last, a 2x2 stride-2 transposed convolution before every decoder level
   but the deepest; inputs are padded to a multiple of `2**(depth-1)`.
 - **Classification head.** Reads the bottleneck `x_L`, which does not depend on the gates,
   so moving a gate never changes the class probabilities.
-"""
+
+- **Inference memory.** Without gradients (`torch.no_grad()` or `torch.inference_mode()`,
+  as the engine runs every model), `AddUNet.forward` subtracts in place, releases each skip
+  once it is added and lets each decoder convolution release its input, and it computes in
+  bands of 32 rows on the CPU where that saves memory (`models/banded.py`; each band reads the rows of
+  context its convolutions need, so the values do not change):
+  - a multi-scale Real AddUNet (the bundled denoiser) runs its whole level 0 band by band
+    (`models/addunet_bands.py`): stem, residual branch, subtraction and down-sampling on the
+    way down; up-sampling into the scaled skip, the level-0 convolutions and the output
+    convolution on the way back. Of the full-resolution maps only the level-0 skip exists whole;
+  - elsewhere each residual encoder branch runs in bands, so its hidden map never exists whole.
+
+  The result is the same (tested over the variants, both memory layouts, batch norm and odd
+  band sizes) within float rounding: a convolution may sum in another order on a band than on
+  the whole map (the width-96 model bundled before: max difference 0 at 1024 x 768, 3e-7 at 300 x 200, on
+  [0, 1] data; the in-place steps alone change no bit). The bundled denoiser grows the resident set by 632 bytes per pixel in
+  the engine's channels-last layout at 1024 x 1024, against 1,102 with the in-place steps but
+  no bands (`benchmarks/activation_memory.py`, 2026-12-03; the width-96 model bundled before
+  took 639 / 1,095, and 2,076 with neither), so the same memory holds 1.7x the pixels of a
+  tile. The bands cost no time: bands on / off, the bundled model at 1024 x 1024 took 12.97 /
+  14.19 CPU seconds per pass in the same run (alternating fresh processes, beside another
+  single-thread job; smaller working sets stay in cache). GPUs run whole maps: bands were not
+  measured there. DnCNN's no-gradient pass on the CPU uses the same bands (96 rows; 0.83x the
+  CPU time of its whole-map pass at 1024 x 1024, and 148 instead of 982 bytes per pixel).
+
+  `encode` / `decode` (the gate preview's cached path) keep every skip, as they must."""
 
 
 def row(name: str, model) -> str:
@@ -106,7 +138,7 @@ def main() -> int:
                 )
     lines.append(ADDUNET_NOTES)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
 

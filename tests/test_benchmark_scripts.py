@@ -866,3 +866,11 @@ def test_gate_sweep_records_the_hash_of_the_weights_it_swept(tmp_path, monkeypat
     doc = json.loads(gs.OUT_JSON.read_text())
     assert doc["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert doc["model"] == "small.safetensors" and len(doc["gates"]) == 2
+
+
+def test_docs_models_md_is_what_the_model_table_writes(tmp_path, monkeypatch):
+    table = _script("model_table")
+    out = tmp_path / "models.md"
+    monkeypatch.setattr(sys, "argv", ["model_table.py", "--out", str(out)])
+    assert table.main() == 0
+    assert out.read_text() == (ROOT / "docs" / "models.md").read_text()  # regenerate it after editing
