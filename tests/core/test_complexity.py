@@ -47,3 +47,19 @@ def test_a_bundled_name_is_measured_and_bad_arguments_are_named():
         na.receptive_field("addunet")  # an architecture's name is not a model
     with pytest.raises(TypeError, match="load_model takes a .safetensors file .* got int"):
         na.load_model(5)
+
+
+def test_a_failing_count_leaves_the_model_in_its_training_mode():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            self.conv(x)
+            raise RuntimeError("not today")
+
+    model = Broken().train()
+    with pytest.raises(RuntimeError, match="not today"):
+        macs_per_pixel(model, size=16)
+    assert model.training and not model.conv._forward_hooks

@@ -49,14 +49,16 @@ def macs_per_pixel(model: nn.Module | str, size: int = 128) -> float:
         for m in model.modules()
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
     ]
+    in_ch = model.in_channels if hasattr(model, "in_channels") else 1
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
     try:
-        in_ch = model.in_channels if hasattr(model, "in_channels") else 1
-        was_training = model.training
         model.eval()
         with torch.enable_grad():  # the whole-map pass, which calls every layer module
-            model(torch.zeros(1, in_ch, size, size))
-        model.train(was_training)
+            model(torch.zeros(1, in_ch, size, size, device=device))
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     return total / (size * size)
