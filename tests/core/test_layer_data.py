@@ -46,6 +46,14 @@ def test_classes_per_slice_from_csv(tmp_path):
         layer_training_data("clean", images[1:], label_file={"cells": "a", "ghost": "b"})
 
 
+def test_a_layer_named_with_its_file_extension_matches_the_table(tmp_path):
+    table = tmp_path / "classes.csv"
+    table.write_text("layer,class\ncells.tif,interphase\nstack.tif,mitosis\n")
+    images = [("cells.tif", _img((16, 16))), ("stack", _img((2, 16, 16)))]
+    data = layer_training_data("clean", images, label_file=table)
+    assert [data.class_names[i] for i in data.labels] == ["interphase", "mitosis", "mitosis"]
+
+
 def test_pairs():
     noisy, clean = _img((2, 16, 16), 1), _img((2, 16, 16), 2)
     data = layer_training_data("pairs", [("noisy", noisy)], targets=[clean])

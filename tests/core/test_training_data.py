@@ -167,7 +167,12 @@ def test_validation_is_held_out_by_image():
     data = noisy_data([rng.random((3, 16, 16)) for _ in range(10)])
     train, val = split_data(data, 0.2, seed=0)
     assert len(val) == 6 and len(train) == 24
-    assert not set(train.groups.tolist()) & set(val.groups.tolist())
+    assert not set(train.sources) & set(val.sources) and len(val.sources) == 2
+    # the held-out part split again (a test set, then training's own validation)
+    rest, again = split_data(train, 0.25, seed=1)
+    assert len(again) == 6 and len(rest) == 18 and not set(rest.sources) & set(again.sources)
+    assert sorted(rest.sources + again.sources) == sorted(train.sources)
+    assert [n.partition("[")[0] for n in again.names] == [again.sources[g] for g in again.groups]
     assert split_data(data, 0.2, seed=0)[1].names == val.names
     assert split_data(data, 0.0)[1] is None
 
@@ -178,6 +183,46 @@ def test_single_stack_splits_by_contiguous_planes_and_single_image_not_at_all():
     assert val.names == ["array 0[8]", "array 0[9]"] and len(train) == 8
     single = noisy_data(np.zeros((16, 16)))
     assert split_data(single, 0.5) == (single, None)
+
+
+def test_a_split_keeps_every_class_in_training_and_does_not_hold_out_most_planes():
+    rng = np.random.default_rng(7)
+    two = clean_data([rng.random((32, 32)), rng.random((32, 32))], labels=["cell", "empty"])
+    for seed in range(4):  # one layer per class: holding one out would train on one class
+        train, val = split_data(two, 0.1, seed=seed)
+        assert val is None and train is two
+    four = clean_data([rng.random((32, 32)) for _ in range(4)], labels=["a", "a", "b", "b"])
+    for seed in range(4):
+        train, val = split_data(four, 0.25, seed=seed)
+        assert sorted(train.class_names[c] for c in set(train.labels.tolist())) == ["a", "b"]
+        assert len(val) == 1
+    mixed = noisy_data([rng.random((50, 16, 16)), rng.random((16, 16))])
+    for seed in range(4):
+        train, val = split_data(mixed, 0.1, seed=seed)
+        assert len(train) == 50 and val.names == ["array 1"]
+
+
+def test_two_to_four_planes_are_normalised_apart_like_channels():
+    bright = np.linspace(0, 60000, 64 * 64).reshape(64, 64)
+    dim = np.linspace(0, 1000, 64 * 64).reshape(64, 64)
+    data = clean_data(np.stack([bright, dim]).astype(np.uint16))
+    assert data.inputs[0].max() == pytest.approx(data.inputs[1].max(), rel=1e-3)  # both near 1
+    stack = clean_data(np.stack([bright, dim] * 3).astype(np.uint16))  # 6 planes: a Z stack
+    assert stack.inputs[1].max() < 0.05  # normalised with the stack's numbers
+
+
+def test_pairs_of_other_types_and_label_tables_over_same_named_files_are_refused(tmp_path):
+    rng = np.random.default_rng(8)
+    noisy = (rng.random((32, 32)) * 255).astype(np.uint8)
+    with pytest.raises(DataError, match="is uint8 but its target .* is float64"):
+        paired_data(noisy, noisy / 255.0)
+    for folder in ("cats", "dogs"):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            skio.imsave(tmp_path / folder / f"00{i}.png", noisy, check_contrast=False)
+    (tmp_path / "labels.csv").write_text("cats/000.png,cat\ncats/001.png,dog\n")
+    with pytest.raises(DataError, match="occur in more than one folder .*000.png"):
+        clean_data([tmp_path / "cats", tmp_path / "dogs"], labels=tmp_path / "labels.csv")
 
 
 def test_patch_sampler_shapes_augmentation_and_pairs():

@@ -243,13 +243,14 @@ class TrainingData:
         """The planes at ``indices`` (same classes and normalisation)."""
         idx = [int(i) for i in indices]
         used = sorted({int(self.groups[i]) for i in idx})
+        renumber = {g: k for k, g in enumerate(used)}  # groups index ``sources``: keep them dense
         return TrainingData(
             mode=self.mode,
             inputs=[self.inputs[i] for i in idx],
             targets=None if self.targets is None else [self.targets[i] for i in idx],
             labels=None if self.labels is None else self.labels[idx],
             class_names=list(self.class_names),
-            groups=self.groups[idx] if idx else np.zeros(0, np.int64),
+            groups=np.asarray([renumber[int(self.groups[i])] for i in idx], dtype=np.int64),
             names=[self.names[i] for i in idx],
             sources=[self.sources[g] for g in used] if self.sources else [],
             normalization=dict(self.normalization),
@@ -442,6 +443,16 @@ def _attach_labels(
     if isinstance(labels, (str, os.PathLike)):
         labels = read_label_csv(labels)
     if isinstance(labels, Mapping):
+        seen: dict[str, int] = {}
+        for s in sources:
+            seen[s.name] = seen.get(s.name, 0) + 1
+        twice = sorted(n for n, k in seen.items() if k > 1)
+        if twice:
+            raise DataError(
+                f"{len(twice)} file name(s) occur in more than one folder ({', '.join(twice[:3])}); a "
+                "label table matches images by file name, so it cannot tell them apart: rename them, "
+                "or put each class in its own folder and use class folders"
+            )
         raw = _label_for(plane_names, labels)
     else:
         seq = list(np.asarray(labels).ravel()) if isinstance(labels, np.ndarray) else list(labels)
@@ -484,6 +495,12 @@ def _build(
                     f"pairs do not match: {s.name} is {s.array.shape} but its target {t.name} is "
                     f"{t.array.shape}"
                 )
+            if s.array.dtype != t.array.dtype:
+                raise DataError(
+                    f"pairs do not match: {s.name} is {s.array.dtype} but its target {t.name} is "
+                    f"{t.array.dtype}; both are normalised with the input's numbers, so give them "
+                    "in the same type and range"
+                )
     inputs: list[np.ndarray] = []
     outs: list[np.ndarray] = []
     groups: list[int] = []
@@ -492,10 +509,15 @@ def _build(
         _check_finite(s.array, s.name)
         offset, scale = _affine(s.array, norm)
         planes = _planes(s)
+        # 2-4 planes may be channels, which inference normalises apart (it never guesses
+        # them to be Z): each such plane gets its own numbers, as a channel would
+        apart = s.array.ndim == 3 and 2 <= s.array.shape[0] <= 4
         tplanes = _planes(target_sources[g]) if target_sources is not None else None
         if tplanes is not None:
             _check_finite(target_sources[g].array, f"the target of {s.name}")
         for i, (name, plane) in enumerate(planes):
+            if apart:
+                offset, scale = _affine(plane, norm)
             inputs.append(((plane.astype(np.float64) - offset) / scale).astype(np.float32))
             if tplanes is not None:
                 outs.append(((tplanes[i][1].astype(np.float64) - offset) / scale).astype(np.float32))
@@ -639,9 +661,12 @@ def split_data(
 ) -> tuple[TrainingData, TrainingData | None]:
     """Hold out a validation set by image, never by patch.
 
-    Whole sources (files, arrays) go to validation. With a single source that has several
-    planes (one stack), a contiguous block of planes at its end is held out instead. A
-    single 2-D image cannot be split: the validation set is then None.
+    About ``val_fraction`` of the planes are held out, as whole sources (files, arrays, layers)
+    taken in an order drawn from ``seed``, skipping a source that would overshoot that number
+    or that is the last training source of its class (when every source holds one class).
+    When no source fits (one stack, or stacks much larger than the fraction), a contiguous
+    block of planes at the end of the largest stack is held out instead. Single 2-D images
+    that cannot be held out without losing a class give no validation set (None).
 
     Returns
     -------
@@ -649,18 +674,39 @@ def split_data(
     """
     if val_fraction <= 0 or len(data) < 2:
         return data, None
-    groups = np.unique(data.groups)
     rng = np.random.default_rng([int(seed), 7919])
-    if len(groups) >= 2:
-        n_val = min(len(groups) - 1, max(1, int(round(val_fraction * len(groups)))))
-        held = set(rng.permutation(groups)[:n_val].tolist())
-        val_idx = [i for i, g in enumerate(data.groups) if int(g) in held]
-    else:
-        n = len(data)
-        n_val = min(n - 1, max(1, int(round(val_fraction * n))))
-        val_idx = list(range(n - n_val, n))
+    target = max(1, int(round(val_fraction * len(data))))  # planes to hold out
+    groups = [int(g) for g in rng.permutation(np.unique(data.groups))]
+    planes = {g: [i for i, h in enumerate(data.groups) if int(h) == g] for g in groups}
+    kind = _class_of_sources(data, planes)
+    val_idx: list[int] = []
+    for g in groups:  # whole sources, in random order, while they fit in the target
+        if len(val_idx) + len(planes[g]) > target or len(planes[g]) == len(data):
+            continue
+        if kind is not None and sum(kind[h] == kind[g] for h in groups if planes[h][0] not in val_idx) < 2:
+            continue  # the last training source of its class stays in training
+        val_idx += planes[g]
+    if not val_idx:  # no source fits: the last planes of the largest stack
+        largest = max(groups, key=lambda g: (len(planes[g]), -g))
+        if len(planes[largest]) < 2:
+            return data, None  # single 2-D images that cannot go without losing data or a class
+        n_val = min(len(planes[largest]) - 1, target)
+        val_idx = planes[largest][-n_val:]
     train_idx = sorted(set(range(len(data))) - set(val_idx))
-    return data.subset(train_idx), data.subset(val_idx)
+    return data.subset(train_idx), data.subset(sorted(val_idx))
+
+
+def _class_of_sources(data: TrainingData, planes: Mapping[int, list[int]]) -> dict[int, int] | None:
+    """The class of each source when every source holds one class (else None)."""
+    if data.labels is None:
+        return None
+    kind = {}
+    for g, idx in planes.items():
+        classes = {int(data.labels[i]) for i in idx}
+        if len(classes) != 1:
+            return None
+        kind[g] = classes.pop()
+    return kind
 
 
 # -- patches -------------------------------------------------------------------------------------------

@@ -102,11 +102,14 @@ def plane_labels(names: Sequence[str], arrays: Sequence[np.ndarray], table: Mapp
     known = set()
     for name, arr in zip(names, arrays, strict=True):
         for plane in _planes(name, arr):
-            value = table.get(plane, table.get(name))
+            # a layer named "cells.tif" matches a table that says "cells.tif" or "cells"
+            keys = [plane, _strip_ext(plane), name, _strip_ext(name)]
+            hit = next((k for k in keys if k in table), None)
+            value = table[hit] if hit is not None else None
             if value is None or str(value).strip() == "":
                 missing.append(plane)
             else:
-                known.update({plane, name})
+                known.update(k for k in keys if k in table)
             out.append(value)
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
