@@ -49,8 +49,8 @@ ADDUNET_NOTES = """
   carries `x_(i+1)`.
 - **Decoder.** Starts from the last encoder state `u = x_L` and runs deepest level first:
   `u = Dec_j(u + alpha_j * s_j)`. `alpha_j = softplus(beta_j)`, one learnable scalar per level,
-  initialised to `gate_init` (1.0; at least 0.001, since a gate at 0 gets no gradient and
-  could never open). `model.gates` lists them shallow to deep; `model.set_gates(values)` sets
+  initialised to `gate_init` (1.0; 0 starts them at 1e-4, since a gate at exactly 0 gets no
+  gradient and could never open). `model.gates` lists them shallow to deep; `model.set_gates(values)` sets
   them (a 0 gate removes that skip exactly, and stays 0 through any later training);
   `model.decode(model.encode(x), gates=...)` tries values without changing the model.
 - **Multi-scale (our extension, off by default).** A 2x2 stride-2 convolution + ReLU after

@@ -367,7 +367,8 @@ def _png(path, array, mode=None):
         (np.uint16, "o.jpg", "JPEG stores 8-bit integers, but the input is uint16; write a .png or a .tif"),
         (np.uint16, "o.bmp", "BMP stores 8-bit integers, but the input is uint16"),
         (np.int16, "o.png", "PNG stores 8- or 16-bit unsigned integers, but the input is int16"),
-        ("LA", "o.jpg", "JPEG has no alpha channel, but the input has one; write a .png"),
+        ("LA", "o.jpg", "JPEG keeps no alpha channel here, but the input has one; write a .png"),
+        ("LA", "o.bmp", "BMP keeps no alpha channel here, but the input has one; write a .png"),
     ],
 )
 def test_outputs_the_format_cannot_hold_are_refused_before_any_work(
@@ -497,3 +498,23 @@ def test_a_plain_tiff_of_two_to_four_pages_asks_whether_they_are_channels(tiny_m
     tifffile.imwrite(six, rng.random((6, 24, 24)).astype("f4"), metadata=None)  # more pages: a Z stack
     assert main(["-q", "denoise", str(six), "-o", str(tmp_path / "s.tif"), "-m", str(tiny_model)]) == 0
     assert tifffile.imread(tmp_path / "s.tif").shape == (6, 24, 24)
+
+
+def test_a_big_endian_16_bit_tiff_is_written_as_a_16_bit_png(tiny_model, tmp_path):
+    from PIL import Image
+
+    values = (np.random.default_rng(0).random((24, 24)) * 4000).astype(np.uint16)
+    src = tmp_path / "be.tif"
+    tifffile.imwrite(src, values, byteorder=">", imagej=True)
+    out = tmp_path / "be.png"
+    assert main(["-q", "denoise", str(src), "-o", str(out), "-m", str(tiny_model)]) == 0
+    with Image.open(out) as im:
+        assert im.mode == "I;16" and np.array(im).max() > 1000
+
+
+def test_a_zarr_group_for_a_png_output_gets_the_readers_message(tiny_model, tmp_path, capsys):
+    zarr = pytest.importorskip("zarr")
+    group = tmp_path / "g.zarr"
+    zarr.open_group(str(group), mode="w")
+    assert main(["-q", "denoise", str(group), "-o", str(tmp_path / "o.png"), "-m", str(tiny_model)]) == 2
+    assert "a zarr group, not an array; point at the array inside it" in capsys.readouterr().err

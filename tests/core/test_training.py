@@ -398,6 +398,21 @@ def test_resume_refuses_a_seed_that_would_pick_other_validation_images(tmp_path)
     assert train(data, resume=out, epochs=2, seed=2, val_seed=0).step == 10  # the same split
 
 
+def test_resume_refuses_other_validation_images_with_the_same_counts(tmp_path):
+    from skimage import io as skio
+
+    rng = np.random.default_rng(3)
+    for folder in ("first", "other"):
+        (tmp_path / folder).mkdir()
+        for i in range(4):
+            skio.imsave(tmp_path / folder / f"{folder}{i}.png", (rng.random((24, 24)) * 255).astype(np.uint8))
+    out = tmp_path / "m.safetensors"
+    train(clean_data(tmp_path / "first"), tiny(), dict(SMALL, epochs=1, val_fraction=0.25), output=out)
+    with pytest.raises(DataError, match="the validation images differ .* other"):
+        train(clean_data(tmp_path / "other"), resume=out, epochs=2)
+    assert train(clean_data(tmp_path / "first"), resume=out, epochs=2).step == 10
+
+
 def test_a_resumed_run_keeps_its_first_command_and_lists_the_resumes(tmp_path):
     out = tmp_path / "m.safetensors"
     train(small_data(), tiny(), dict(SMALL, epochs=1), output=out, command="first --sigma 25")

@@ -196,6 +196,10 @@ def test_a_split_keeps_every_class_in_training_and_does_not_hold_out_most_planes
         train, val = split_data(four, 0.25, seed=seed)
         assert sorted(train.class_names[c] for c in set(train.labels.tolist())) == ["a", "b"]
         assert len(val) == 1
+    singles = noisy_data([rng.random((16, 16)) for _ in range(4)])
+    for fraction in (0.75, 0.9):  # the largest fractions still leave something to train on
+        train, val = split_data(singles, fraction, seed=0)
+        assert len(train) >= 1 and len(train) + len(val) == 4
     mixed = noisy_data([rng.random((50, 16, 16)), rng.random((16, 16))])
     for seed in range(4):
         train, val = split_data(mixed, 0.1, seed=seed)

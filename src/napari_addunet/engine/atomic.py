@@ -25,7 +25,7 @@ def durable_replace(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     ``tmp`` is synced first, then renamed (atomic on one file system), then the folder is
     synced so that the rename itself survives a crash (where the platform allows it).
     """
-    with open(tmp, "rb") as f:
+    with open(tmp, "r+b") as f:  # Windows syncs only a handle open for writing
         os.fsync(f.fileno())
     os.replace(tmp, target)
     if os.name == "posix":

@@ -681,8 +681,8 @@ def split_data(
     kind = _class_of_sources(data, planes)
     val_idx: list[int] = []
     for g in groups:  # whole sources, in random order, while they fit in the target
-        if len(val_idx) + len(planes[g]) > target or len(planes[g]) == len(data):
-            continue
+        if len(val_idx) + len(planes[g]) > target or len(val_idx) + len(planes[g]) >= len(data):
+            continue  # over the target, or nothing would be left to train on
         if kind is not None and sum(kind[h] == kind[g] for h in groups if planes[h][0] not in val_idx) < 2:
             continue  # the last training source of its class stays in training
         val_idx += planes[g]

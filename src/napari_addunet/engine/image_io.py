@@ -143,12 +143,17 @@ def source_format(path: str | os.PathLike) -> tuple[np.dtype, bool]:
         if suffix in ZARR_SUFFIXES:
             import zarr
 
-            return np.dtype(zarr.open(str(path), mode="r").dtype), False
+            arr = zarr.open(str(path), mode="r")
+            if not hasattr(arr, "dtype"):
+                raise ImageIOError(f"{path.name}: a zarr group, not an array; point at the array inside it")
+            return np.dtype(arr.dtype), False
         from PIL import Image
 
         with open(path, "rb") as fh, Image.open(fh) as im:
             target = _plain_mode(im)
         return np.array(Image.new(target, (1, 1))).dtype, target in ("LA", "RGBA")
+    except ImageIOError:
+        raise
     except Exception as exc:  # noqa: BLE001 - many readers, one message
         raise ImageIOError(f"{path.name}: cannot read as an image ({type(exc).__name__}: {exc})") from exc
 
@@ -213,7 +218,7 @@ def check_plain_output(path: str | os.PathLike, source_dtype: Any, alpha: bool =
         The format cannot store the result; the message names one that can.
     """
     name, suffix = Path(path).name, Path(path).suffix.lower()
-    dtype = np.dtype(source_dtype)
+    dtype = np.dtype(source_dtype).newbyteorder("=")  # a big-endian TIFF's >u2 is uint16 too
     tail = " (nothing was written)"
     if dtype.kind not in "ui":
         raise ImageIOError(
@@ -234,9 +239,10 @@ def check_plain_output(path: str | os.PathLike, source_dtype: Any, alpha: bool =
             + " instead"
             + tail
         )
-    if suffix in (".jpg", ".jpeg") and alpha:
+    if suffix in (".jpg", ".jpeg", ".bmp") and alpha:
+        kind = "BMP" if suffix == ".bmp" else "JPEG"
         raise ImageIOError(
-            f"{name}: JPEG has no alpha channel, but the input has one; write a .png instead" + tail
+            f"{name}: {kind} keeps no alpha channel here, but the input has one; write a .png instead" + tail
         )
 
 
@@ -283,7 +289,9 @@ def write_image(
         else:
             from PIL import Image
 
-            dtype = np.dtype(like.data.dtype) if like is not None else np.asarray(data).dtype
+            dtype = (np.dtype(like.data.dtype) if like is not None else np.asarray(data).dtype).newbyteorder(
+                "="
+            )
             info = np.iinfo(dtype)
             arr = np.clip(np.rint(np.asarray(data)), info.min, info.max).astype(dtype)
             if alpha is not None and alpha.shape == arr.shape[:2]:

@@ -485,10 +485,18 @@ class _Run:
             "train_planes": len(self.train_data),
             "val_planes": len(self.val_data) if self.val_data is not None else 0,
         }
+        held_then = shape.pop("val_names", None)
         if shape != here:
             raise DataError(
                 f"cannot resume: the data differ from the run being resumed (then {shape}, now {here}); "
                 "give the same images and val_fraction"
+            )
+        held_now = list(self.val_data.names) if self.val_data is not None else []
+        if held_then is not None and held_then != held_now:  # states that keep the names
+            other = next(n for n, m in zip(held_now, held_then, strict=True) if n != m)
+            raise DataError(
+                f"cannot resume: the validation images differ from the run being resumed (e.g. {other} "
+                "is held out now but was not then); give the same images, in the same order"
             )
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
@@ -746,6 +754,7 @@ class _Run:
                     "mode": self.mode,
                     "train_planes": len(self.train_data),
                     "val_planes": len(self.val_data) if self.val_data is not None else 0,
+                    "val_names": list(self.val_data.names) if self.val_data is not None else [],
                 }
             ),
             "package_version": __version__,

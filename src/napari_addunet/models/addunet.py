@@ -64,9 +64,9 @@ class AddUNetConfig(ModelConfig):
     batch_norm: bool = setting(False, doc="batch normalisation after each convolution")
     gate_init: float = setting(
         1.0,
-        ge=0.001,
+        ge=0.0,
         le=10.0,
-        doc="initial value of every gate alpha (above 0: a gate at 0 gets no gradient)",
+        doc="initial value of every gate alpha (0 starts them at 1e-4: a gate at 0 gets no gradient)",
     )
 
     def check(self) -> None:
@@ -119,6 +119,10 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, nn.Sequential):
         return [leaf for child in module for leaf in _leaves(child)]
     return [module]
+
+
+MIN_GATE_INIT = 1e-4
+"""The smallest initial gate: ``gate_init=0`` starts here so that training can open the gates."""
 
 
 def _inverse_softplus(alpha: float) -> float:
@@ -176,7 +180,9 @@ class AddUNet(DenoiserModel):
             self.downs = nn.ModuleList()
             self.ups = nn.ModuleList()
         self.out = nn.Conv2d(c, config.output_channels, 1)
-        self.beta = nn.Parameter(torch.full((depth,), _inverse_softplus(config.gate_init)))
+        # a gate at exactly 0 could never open (softplus has no gradient there): start at 1e-4
+        start = max(config.gate_init, MIN_GATE_INIT)
+        self.beta = nn.Parameter(torch.full((depth,), _inverse_softplus(start)))
         self._make_head(c)
 
     # -- gates ----------------------------------------------------------------------------------
