@@ -25,7 +25,11 @@ def durable_replace(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     ``tmp`` is synced first, then renamed (atomic on one file system), then the folder is
     synced so that the rename itself survives a crash (where the platform allows it).
     """
-    with open(tmp, "r+b") as f:  # Windows syncs only a handle open for writing
+    try:
+        f = open(tmp, "r+b")  # Windows syncs only a handle open for writing
+    except PermissionError:  # a umask that leaves the owner no write bit: POSIX syncs read handles
+        f = open(tmp, "rb")
+    with f:
         os.fsync(f.fileno())
     os.replace(tmp, target)
     if os.name == "posix":
