@@ -34,3 +34,40 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         raise RuntimeError("interrupted")
     assert target.read_text() == "kept"
     assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_the_new_bytes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    from napari_addunet.engine import atomic
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync")
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("replace")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    target = tmp_path / "weights.safetensors"
+    atomic_write_text(target, "new")
+    assert events[:2] == ["fsync", "replace"]  # the file first, then the rename
+    if os.name == "posix":
+        assert events[2:] == ["fsync"]  # and the folder holding the rename
+    assert target.read_text() == "new"
+    assert os.listdir(tmp_path) == ["weights.safetensors"]
+
+
+def test_the_training_state_is_written_durably(tmp_path, monkeypatch):
+    from napari_addunet.engine import atomic
+    from napari_addunet.engine.training_state import load_state, save_state
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = save_state(tmp_path / "run.state.pt", {"step": 7})
+    assert synced and load_state(path)["step"] == 7
+    assert os.listdir(tmp_path) == ["run.state.pt"]
