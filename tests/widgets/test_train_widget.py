@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -111,7 +109,7 @@ def test_training_can_be_stopped(viewer_session, add_dock, qtbot):
 
     def stop_early(event):
         if isinstance(event, StepDone) and event.step >= 3 and not clicked:
-            clicked.append(time.perf_counter())
+            clicked.append(event.step)
             widget.stop_button.click()
 
     widget.runner.event.connect(stop_early)
@@ -122,7 +120,7 @@ def test_training_can_be_stopped(viewer_session, add_dock, qtbot):
     # finishes the step in progress; the steps already queued for display are a few more)
     assert widget.result.reason == "stopped"
     assert 3 <= widget.result.step < 200
-    assert time.perf_counter() - clicked[0] < 5
+    assert widget.result.step - clicked[0] <= 20  # a few steps past the one shown at the click
     assert state.model is widget.result.model
     assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
 
