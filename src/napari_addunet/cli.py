@@ -141,6 +141,12 @@ def _destinations(
     return out
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _cli_words(message: str) -> str:
     """An engine message in the command line's words (``nan_policy='fill'`` -> ``--nan-policy
     fill``, ``axes=`` -> ``--axes``)."""
@@ -233,7 +239,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         ) as exc:
             if args.debug:
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _first_line(exc)
             done = ""
             if len(pairs) > 1:
                 done = f" ({len(written)} of {len(pairs)} written"
@@ -274,7 +280,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         except (ValueError, KeyError, TypeError, OSError) as exc:
             if args.debug:
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _first_line(exc)
             raise CliError(f"{f}: {_cli_words(first)} (nothing was written)") from exc
         for i, row in enumerate(result.probabilities):
             best = int(row.argmax())
@@ -564,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError, OSError) as exc:
         if args.debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = _first_line(exc)
         print(f"napari-addunet: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
