@@ -685,3 +685,32 @@ def test_verbose_prints_one_line_per_epoch(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(" step")[0].strip() for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert all("loss" in line for line in lines)
+
+
+# -- percentiles meet synthetic noise ---------------------------------------------------------------
+def test_clean_16_bit_data_train_on_pairs_mapped_as_inference_maps_the_noisy_image(monkeypatch):
+    a = skdata.camera().astype(np.float64)
+    raw = (100 + a / 255 * 2900).astype(np.uint16)  # a 16-bit image: percentile normalisation
+    data = clean_data([raw, raw[::-1]])  # two sources, one held out: same percentiles
+    seen = []
+    real = _Run._batch
+
+    def spy(self):
+        out = real(self)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(_Run, "_batch", spy)
+    cfg = dict(FAST, sigma_min=25, sigma_max=25, epochs=1, steps_per_epoch=3, batch_size=16, patch_size=64)
+    result = train(data, tiny(), cfg, val_fraction=0.5)
+    # inference maps a noisy image by its own percentiles, which the noise pushes apart
+    lo, hi = np.percentile(raw, [0.1, 99.9])
+    noisy = raw + 25 / 255 * (hi - lo) * np.random.default_rng(0).standard_normal(raw.shape)
+    lo_n, hi_n = np.percentile(noisy, [0.1, 99.9])
+    expected = 25 / 255 * (hi - lo) / (hi_n - lo_n)
+    assert expected < 0.8 * 25 / 255  # the effect is large: training on clean percentiles misses it
+    noise = torch.cat([inp - target for inp, target, _, _ in seen])
+    assert float(noise.std()) == pytest.approx(expected, rel=0.03)
+    # validation metrics stay in the clean image's units: the noisy input is at sigma 25
+    assert result.history[0]["val_input_psnr"] == pytest.approx(20 * np.log10(255 / 25), abs=0.3)
+    assert "percentiles" in result.model.metadata["training"]["noise"]

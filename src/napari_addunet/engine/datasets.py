@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .noisy_percentiles import SAMPLE, pixel_sample
 from .normalization import check_dtype, parse_normalization
 
 Mode = Literal["supervised", "noise2void", "pairs"]
@@ -220,6 +221,11 @@ class TrainingData:
     normalization
         How the raw images were mapped to the network's range, in the inference engine's
         terms (``{"method": "range"|"percentile"|"none", "low", "high"}``).
+    pixel_samples
+        Clean images with percentile normalisation only: for each plane, a fixed sample of the
+        normalised pixels its percentiles were taken over (one array shared by the planes of a
+        stack), from which training estimates the percentiles the noisy image would have
+        (:mod:`~napari_addunet.engine.noisy_percentiles`); None otherwise.
     """
 
     mode: Mode
@@ -231,6 +237,7 @@ class TrainingData:
     names: list[str] = dataclasses.field(default_factory=list)
     sources: list[str] = dataclasses.field(default_factory=list)
     normalization: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "none"})
+    pixel_samples: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -254,6 +261,7 @@ class TrainingData:
             names=[self.names[i] for i in idx],
             sources=[self.sources[g] for g in used] if self.sources else [],
             normalization=dict(self.normalization),
+            pixel_samples=None if self.pixel_samples is None else [self.pixel_samples[i] for i in idx],
         )
 
     def check_patch_size(self, patch_size: int) -> None:
@@ -505,6 +513,8 @@ def _build(
     outs: list[np.ndarray] = []
     groups: list[int] = []
     names: list[str] = []
+    # clean images by percentiles: keep what training needs to map them as the noisy ones will be
+    samples: list[np.ndarray] | None = [] if mode == "supervised" and norm["method"] == "percentile" else None
     for g, s in enumerate(sources):
         _check_finite(s.array, s.name)
         offset, scale = _affine(s.array, norm)
@@ -515,10 +525,20 @@ def _build(
         tplanes = _planes(target_sources[g]) if target_sources is not None else None
         if tplanes is not None:
             _check_finite(target_sources[g].array, f"the target of {s.name}")
+        shared = None  # a stack's percentiles are the whole stack's
+        if samples is not None and s.array.ndim == 3 and not apart:
+            shared = ((pixel_sample(s.array, g) - offset) / scale).astype(np.float32)
         for i, (name, plane) in enumerate(planes):
             if apart:
                 offset, scale = _affine(plane, norm)
             inputs.append(((plane.astype(np.float64) - offset) / scale).astype(np.float32))
+            if samples is not None:
+                if shared is not None:
+                    samples.append(shared)
+                elif plane.size <= SAMPLE:  # a small image is its own sample
+                    samples.append(inputs[-1])
+                else:
+                    samples.append(((pixel_sample(plane, g) - offset) / scale).astype(np.float32))
             if tplanes is not None:
                 outs.append(((tplanes[i][1].astype(np.float64) - offset) / scale).astype(np.float32))
             groups.append(g)
@@ -535,6 +555,7 @@ def _build(
         names=names,
         sources=[s.name for s in sources],
         normalization=norm,
+        pixel_samples=samples,
     )
 
 
@@ -748,6 +769,12 @@ class PatchSampler:
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``n`` patches ``(n, 1, p, p)``, their targets (pairs) and labels, or None."""
+        return self.sample_with_planes(n)[:3]
+
+    def sample_with_planes(
+        self, n: int
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """As :meth:`sample`, and the index of the plane each patch comes from."""
         p, d, rng = self.size, self.data, self.rng
         which = rng.choice(len(d.inputs), size=n, p=self.weights)
         x = np.empty((n, 1, p, p), np.float32)
@@ -761,7 +788,13 @@ class PatchSampler:
             if y is not None:
                 y[j, 0] = _augment(d.targets[i][r : r + p, c : c + p], k, flip)
         labels = d.labels[which] if d.labels is not None else None
-        return x, y, labels
+        return x, y, labels, which
+
+
+def fixed_patch_planes(planes: int, count: int) -> list[int]:
+    """The plane of each patch :func:`fixed_patches` returns: planes in turn, ``count`` in all."""
+    per = max(1, math.ceil(count / planes))
+    return [i for _ in range(per) for i in range(planes)][:count]
 
 
 def fixed_patches(
@@ -774,21 +807,16 @@ def fixed_patches(
     """
     data.check_patch_size(patch_size)
     rng = np.random.default_rng([int(seed), 104729])
-    n = len(data)
-    per = max(1, math.ceil(count / n))
     xs, ys, ls = [], [], []
-    for _ in range(per):
-        for i in range(n):
-            if len(xs) >= count:
-                break
-            plane = data.inputs[i]
-            r = int(rng.integers(plane.shape[0] - patch_size + 1))
-            c = int(rng.integers(plane.shape[1] - patch_size + 1))
-            xs.append(plane[r : r + patch_size, c : c + patch_size])
-            if data.targets is not None:
-                ys.append(data.targets[i][r : r + patch_size, c : c + patch_size])
-            if data.labels is not None:
-                ls.append(data.labels[i])
+    for i in fixed_patch_planes(len(data), count):
+        plane = data.inputs[i]
+        r = int(rng.integers(plane.shape[0] - patch_size + 1))
+        c = int(rng.integers(plane.shape[1] - patch_size + 1))
+        xs.append(plane[r : r + patch_size, c : c + patch_size])
+        if data.targets is not None:
+            ys.append(data.targets[i][r : r + patch_size, c : c + patch_size])
+        if data.labels is not None:
+            ls.append(data.labels[i])
     x = np.stack(xs)[:, None].astype(np.float32)
     y = np.stack(ys)[:, None].astype(np.float32) if ys else None
     lab = np.asarray(ls, dtype=np.int64) if ls else None

@@ -232,20 +232,34 @@ class NoiseModel:
         torch.Tensor
             The degraded batch (float32, not clipped), on ``clean``'s device.
         """
+        return self.degrade_with_levels(clean, generator)[0]
+
+    def degrade_with_levels(
+        self, clean: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As :meth:`degrade` (the same draws), and the levels drawn for each image.
+
+        Returns
+        -------
+        noisy, sigma, photons
+            The degraded batch; each image's Gaussian sigma on ``[0, 255]`` (zeros for
+            ``"none"``), and its photons at intensity 1 (``"poisson_gaussian"``; else None).
+        """
         b = clean.shape[0]
         x = clean.detach().float().cpu()
         ks = self.kernels(b, generator)
         if ks is not None:
             x = blur(x, ks)
         shape = (b,) + (1,) * (x.ndim - 1)
+        photons = sigma = None
         if self.kind == "poisson_gaussian":
             lo, hi = self.photons
-            photons = torch.exp(_uniform(b, math.log(lo), math.log(hi), generator)).float().view(shape)
-            x = torch.poisson(x.clamp(min=0) * photons, generator=generator) / photons
+            photons = torch.exp(_uniform(b, math.log(lo), math.log(hi), generator)).float()
+            x = torch.poisson(x.clamp(min=0) * photons.view(shape), generator=generator) / photons.view(shape)
         if self.kind != "none":
-            sigma = (_uniform(b, *self.sigma, generator).float() / 255.0).view(shape)
-            x = x + sigma * torch.randn(x.shape, generator=generator)
-        return x.to(clean.device)
+            sigma = _uniform(b, *self.sigma, generator).float()
+            x = x + (sigma / 255.0).view(shape) * torch.randn(x.shape, generator=generator)
+        return x.to(clean.device), sigma if sigma is not None else torch.zeros(b), photons
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for a checkpoint's metadata."""

@@ -40,10 +40,11 @@ from napari_addunet.models import DenoiserModel, create_model, create_model_from
 from . import distributed as ddp
 from .blindspot import blindspot_mask
 from .checkpoint import SUFFIX, CheckpointError, save_model
-from .datasets import DataError, PatchSampler, TrainingData, fixed_patches, split_data
+from .datasets import DataError, PatchSampler, TrainingData, fixed_patch_planes, fixed_patches, split_data
 from .devices import resolve_device, use_fast_layout
 from .metrics import accuracy, batch_psnr_ssim
 from .noise import NoiseModel
+from .noisy_percentiles import NoisyPercentiles
 from .training_config import TrainingConfig, lr_at
 from .training_events import (
     Best,
@@ -239,6 +240,14 @@ def _class_names(model: DenoiserModel, data: TrainingData) -> list[str]:
     return names + [f"class_{i}" for i in range(len(names), model.num_classes)]
 
 
+def _in_clean_units(x: torch.Tensor, to_clean: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Patches mapped back from noisy-percentile units to the clean image's (or as they are)."""
+    if to_clean is None:
+        return x
+    lo, scale = to_clean
+    return x * scale + lo
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -353,6 +362,8 @@ class _Run:
             self.val_data.check_patch_size(cfg.patch_size)
         self.mode = data.mode
         self.noise = NoiseModel.from_config(cfg) if self.mode == "supervised" else None
+        self.renorm = self._noisy_percentiles(self.train_data)
+        self.val_renorm = self._noisy_percentiles(self.val_data)
 
         # model (seeded, so a model built here is repeatable)
         torch.manual_seed(_seed(cfg.seed, self.rank, 0))
@@ -540,6 +551,26 @@ class _Run:
                     shutil.copyfile(best_file, tmp)
                 self.best_saved = True
 
+    def _noisy_percentiles(self, data: TrainingData | None) -> NoisyPercentiles | None:
+        """Clean images by percentiles with noise: map pairs as inference maps noisy images."""
+        if data is None or self.noise is None or self.noise.kind == "none" or data.pixel_samples is None:
+            return None
+        norm = data.normalization
+        return NoisyPercentiles(data.pixel_samples, norm["low"], norm["high"], self.noise.kind)
+
+    def _degrade(
+        self, clean: torch.Tensor, planes: Any, renorm: NoisyPercentiles | None, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Noisy input and target; with percentiles, in the noisy image's percentile units.
+
+        The third item maps those units back to the clean image's (offset, scale), or None.
+        """
+        noisy, sigma, photons = self.noise.degrade_with_levels(clean, gen)
+        if renorm is None:
+            return noisy, clean, None
+        lo, scale = renorm.batch(planes, sigma, photons)
+        return (noisy - lo) / scale, (clean - lo) / scale, (lo, scale)
+
     def _validation_set(self) -> dict[str, Any] | None:
         if self.val_data is None:
             return None
@@ -547,16 +578,25 @@ class _Run:
         x, y, labels = fixed_patches(self.val_data, cfg.patch_size, cfg.val_patches, cfg.validation_seed)
         gen = torch.Generator().manual_seed(_seed(cfg.validation_seed, 3))
         x_t = torch.from_numpy(x)
-        out: dict[str, Any] = {"labels": None if labels is None else torch.from_numpy(labels), "mask": None}
+        out: dict[str, Any] = {
+            "labels": None if labels is None else torch.from_numpy(labels),
+            "mask": None,
+            "to_clean": None,
+        }
         if self.mode == "supervised":
-            out["input"], out["target"] = self.noise.degrade(x_t, gen), x_t
+            planes = fixed_patch_planes(len(self.val_data), cfg.val_patches)
+            out["input"], out["target"], out["to_clean"] = self._degrade(x_t, planes, self.val_renorm, gen)
         elif self.mode == "pairs":
             out["input"], out["target"] = x_t, torch.from_numpy(y)
         else:
             out["input"], out["mask"] = blindspot_mask(x_t, cfg.mask_fraction, cfg.mask_radius, gen)
             out["target"] = x_t
-        if self.mode != "noise2void":
-            out["input_metrics"] = batch_psnr_ssim(out["target"].numpy(), out["input"].numpy())
+        if self.mode != "noise2void":  # metrics in the clean image's units
+            target, noisy = (
+                _in_clean_units(out["target"], out["to_clean"]),
+                _in_clean_units(out["input"], out["to_clean"]),
+            )
+            out["input_metrics"] = batch_psnr_ssim(target.numpy(), noisy.numpy())
         else:
             out["input_metrics"] = (None, None)
         return out
@@ -564,11 +604,11 @@ class _Run:
     # -- one step ---------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         cfg = self.cfg
-        x, y, labels = self.sampler.sample(cfg.batch_size)
+        x, y, labels, planes = self.sampler.sample_with_planes(cfg.batch_size)
         xt = torch.from_numpy(x)
         mask = None
         if self.mode == "supervised":
-            inp, target = self.noise.degrade(xt, self.gen), xt
+            inp, target, _ = self._degrade(xt, planes, self.renorm, self.gen)
         elif self.mode == "pairs":
             inp, target = xt, torch.from_numpy(y)
         else:
@@ -660,7 +700,10 @@ class _Run:
         parts = LossParts(float(den), float(cls), float(total))
         psnr = ssim = None
         if self.mode != "noise2void":
-            psnr, ssim = batch_psnr_ssim(v["target"].numpy(), pred.numpy())
+            back = v["to_clean"]
+            psnr, ssim = batch_psnr_ssim(
+                _in_clean_units(v["target"], back).numpy(), _in_clean_units(pred, back).numpy()
+            )
         acc = (
             accuracy(out_all.logits.numpy(), v["labels"].numpy())
             if logits and v["labels"] is not None
@@ -669,6 +712,16 @@ class _Run:
         return parts, psnr, ssim, acc
 
     # -- files ------------------------------------------------------------------------------------
+    def _noise_description(self) -> dict[str, Any]:
+        if self.noise is None:
+            return {"model": "real (from the data)"}
+        out = self.noise.describe()
+        if self.renorm is not None:
+            out["percentiles"] = (
+                "each pair mapped by the percentiles its noisy image would have, as inference maps it"
+            )
+        return out
+
     def _metadata(self, reason: str | None) -> dict[str, Any]:
         cfg, best = self.cfg, self.best
         metrics: dict[str, Any] = {}
@@ -686,7 +739,7 @@ class _Run:
         }
         training = {
             "mode": self.mode,
-            "noise": self.noise.describe() if self.noise is not None else {"model": "real (from the data)"},
+            "noise": self._noise_description(),
             "data": data,
             "config": cfg.to_dict(),
             "command": self.command,
