@@ -10,9 +10,10 @@ mapped the way inference will map it.
 
 The estimate degrades a fixed subsample of the image's pixels (at most :data:`SAMPLE`
 values) with the same noise model and takes the change of its percentiles, so that no noise
-gives no change. It is made at whole sigmas (on [0, 255]) and interpolated between them. Blur is not modelled (it narrows the tails only slightly). Every draw comes
-from generators seeded by the image and the (binned) noise level, so estimates repeat
-exactly and cost nothing to the training run's own random streams.
+gives no change. It is made at whole sigmas (on [0, 255]) and at steps of the photon
+count, and interpolated between them. Blur is not modelled (it narrows the tails only
+slightly). Every draw comes from generators seeded by the image and the noise level, so
+estimates repeat exactly and take nothing from the training run's own random streams.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 SAMPLE = 65536
 """Pixels of an image (or stack) the estimate uses; smaller images use all of theirs."""
 
-PHOTON_BINS = 32
-"""Photon counts are rounded to 1/PHOTON_BINS in natural log (3 % steps) for the estimate."""
+PHOTON_BINS = 8
+"""Photon counts are estimated at steps of 1/PHOTON_BINS in natural log (13 %) and
+interpolated between them, as sigmas are at whole values."""
 
 
 def pixel_sample(values: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -86,15 +88,22 @@ class NoisyPercentiles:
             Photons of a pixel of intensity 1 (``"poisson_gaussian"`` only).
         """
         g = self.image_of[plane]
-        p_bin = int(round(math.log(photons) * PHOTON_BINS)) if self.kind == "poisson_gaussian" else 0
-        # estimated at whole sigmas, linearly in between
+        # estimated at whole sigmas and photon bins, linearly in between
         s0 = int(math.floor(float(sigma)))
-        w = float(sigma) - s0
-        lo0, sc0 = self._cached(g, s0, p_bin)
-        if w == 0:
-            return lo0, sc0
-        lo1, sc1 = self._cached(g, s0 + 1, p_bin)
-        return (1 - w) * lo0 + w * lo1, (1 - w) * sc0 + w * sc1
+        corners = [(s0, 1.0 - (float(sigma) - s0)), (s0 + 1, float(sigma) - s0)]
+        bins = [(0, 1.0)]
+        if self.kind == "poisson_gaussian":
+            p = math.log(photons) * PHOTON_BINS
+            p0 = int(math.floor(p))
+            bins = [(p0, 1.0 - (p - p0)), (p0 + 1, p - p0)]
+        lo = scale = 0.0
+        for s_i, ws in corners:
+            for p_i, wp in bins:
+                if ws * wp == 0:
+                    continue
+                a, b = self._cached(g, s_i, p_i)
+                lo, scale = lo + ws * wp * a, scale + ws * wp * b
+        return lo, scale
 
     def _cached(self, g: int, sigma: int, p_bin: int) -> tuple[float, float]:
         key = (g, sigma, p_bin)
