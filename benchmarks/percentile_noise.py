@@ -4,6 +4,7 @@ Run by hand (not in CI), from the repository root::
 
     python benchmarks/percentile_noise.py                 # 2 noise settings x 2 mappings x 2 seeds
     python benchmarks/percentile_noise.py --seeds 0 --steps 400   # a quicker look
+    python benchmarks/percentile_noise.py --render                # the .md again from the JSON
 
 With percentile normalisation (the default for images that are not 8-bit), inference maps a
 noisy image by its own percentiles, which the noise pushes apart. Training maps each noisy
@@ -107,7 +108,24 @@ def score(model: na.models.DenoiserModel, sigma: float) -> dict[str, float]:
     return out
 
 
+def table(runs: list[dict[str, Any]], input_psnr: dict[str, float]) -> list[dict[str, Any]]:
+    """Mean PSNR over test images and seeds, per training noise, scored sigma and mapping."""
+    rows = []
+    for setting, (_, sigmas) in SETTINGS.items():
+        for sigma in sigmas:
+            row: dict[str, Any] = {"setting": setting, "sigma": sigma, "input": input_psnr[str(sigma)]}
+            for mapping in MAPPINGS:
+                mine = [r for r in runs if r["setting"] == setting and r["mapping"] == mapping]
+                row[mapping] = round(
+                    float(np.mean([np.mean(list(r["psnr"][str(sigma)].values())) for r in mine])), 3
+                )
+            row["difference"] = round(row["noisy-percentiles"] - row["clean-percentiles"], 3)
+            rows.append(row)
+    return rows
+
+
 def render(results: dict[str, Any]) -> str:
+    seconds = {m: np.mean([r["seconds"] for r in results["runs"] if r["mapping"] == m]) for m in MAPPINGS}
     lines = [
         "# Percentiles and synthetic noise",
         "",
@@ -121,19 +139,19 @@ def render(results: dict[str, Any]) -> str:
         "| training noise | scored at sigma | noisy input | clean-percentiles | noisy-percentiles | difference |",
         "|---|---|---|---|---|---|",
     ]
-    for setting, (_, sigmas) in SETTINGS.items():
-        for sigma in sigmas:
-            cells = {}
-            for mapping in MAPPINGS:
-                runs = [r for r in results["runs"] if r["setting"] == setting and r["mapping"] == mapping]
-                cells[mapping] = float(np.mean([np.mean(list(r["psnr"][str(sigma)].values())) for r in runs]))
-            noisy = results["input_psnr"][str(sigma)]
-            diff = cells["noisy-percentiles"] - cells["clean-percentiles"]
-            lines.append(
-                f"| {setting} | {sigma} | {noisy:.2f} | {cells['clean-percentiles']:.2f} | "
-                f"{cells['noisy-percentiles']:.2f} | {diff:+.2f} |"
-            )
-    lines += ["", "Per image and seed: `percentile-noise.json`.", ""]
+    for row in results["table"]:
+        lines.append(
+            f"| {row['setting']} | {row['sigma']} | {row['input']:.2f} | {row['clean-percentiles']:.2f} | "
+            f"{row['noisy-percentiles']:.2f} | {row['difference']:+.2f} |"
+        )
+    lines += [
+        "",
+        f"Training time per run (mean, same machine, other work beside): {seconds['clean-percentiles']:.0f} s "
+        f"with clean percentiles, {seconds['noisy-percentiles']:.0f} s with noisy ones.",
+        "",
+        "Per image and seed: `percentile-noise.json`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -142,7 +160,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--render", action="store_true", help="measure nothing; rewrite the .md from the JSON"
+    )
     args = parser.parse_args()
+    if args.render:
+        results = json.loads((OUT / "percentile-noise.json").read_text())
+        results["table"] = table(results["runs"], results["input_psnr"])
+        write(results)
+        return
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = []
@@ -175,8 +201,13 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
         "input_psnr": input_psnr,
+        "table": table(runs, input_psnr),
         "runs": runs,
     }
+    write(results)
+
+
+def write(results: dict[str, Any]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for path, text in (
         (OUT / "percentile-noise.json", json.dumps(results, indent=1) + "\n"),

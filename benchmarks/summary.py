@@ -431,6 +431,25 @@ def self_supervised_section(doc: dict[str, Any] | None, denoising: dict[str, Any
     return lines + [""]
 
 
+def percentile_section(doc: dict[str, Any] | None) -> list[str]:
+    lines = ["## Training on clean 16-bit images: which percentiles map the pairs", ""]
+    if not doc or not doc.get("table"):
+        return lines + ["Not measured yet: `python benchmarks/percentile_noise.py`.", ""]
+    lines += [
+        "Full table and settings: [benchmarks/percentile-noise.md](benchmarks/percentile-noise.md). "
+        f"A tiny AddUNet, {doc['steps']} steps, seeds {', '.join(map(str, doc['seeds']))}; mean PSNR (dB) "
+        "of three 16-bit test images when training maps each pair by its noisy image's percentiles "
+        "(as inference does; the package) against the clean image's (before):",
+        "",
+    ]
+    for row in doc["table"]:
+        lines.append(
+            f"- trained on {row['setting']}, scored at sigma {row['sigma']}: {row['noisy-percentiles']:.2f} "
+            f"against {row['clean-percentiles']:.2f} ({row['difference']:+.2f}; noisy input {row['input']:.2f})."
+        )
+    return lines + [""]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks: summary",
@@ -445,6 +464,7 @@ def main() -> None:
     lines += multitask_section(_load("multitask.json"))
     lines += gate_section(_load("gate-sweep.json"), _load("denoising.json"))
     lines += self_supervised_section(_load("self-supervised.json"), _load("denoising.json"))
+    lines += percentile_section(_load("percentile-noise.json"))
     lines += [
         "## Engine and GUI",
         "",

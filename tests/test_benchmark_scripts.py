@@ -874,3 +874,45 @@ def test_docs_models_md_is_what_the_model_table_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["model_table.py", "--out", str(out)])
     assert table.main() == 0
     assert out.read_text() == (ROOT / "docs" / "models.md").read_text()  # regenerate it after editing
+
+
+def test_percentile_noise_table_averages_images_and_seeds_and_the_ablation_is_undone(monkeypatch):
+    bench = _script("percentile_noise")
+    monkeypatch.setattr(bench, "SETTINGS", {"fixed-25": ((25.0, 25.0), (25,))})
+    runs = [
+        {
+            "setting": "fixed-25",
+            "mapping": m,
+            "seed": s,
+            "seconds": 1.0,
+            "psnr": {"25": {"a": b + s, "b": b + 2 + s}},
+        }
+        for m, b in (("noisy-percentiles", 30.0), ("clean-percentiles", 29.0))
+        for s in (0, 1)
+    ]
+    rows = bench.table(runs, {"25": 20.2})
+    assert rows == [
+        {
+            "setting": "fixed-25",
+            "sigma": 25,
+            "input": 20.2,
+            "noisy-percentiles": 31.5,
+            "clean-percentiles": 30.5,
+            "difference": 1.0,
+        }
+    ]
+    text = "\n".join(_script("summary").percentile_section({"steps": 10, "seeds": [0, 1], "table": rows}))
+    assert "31.50 against 30.50 (+1.00; noisy input 20.20)" in text
+    # the ablation switches the mapping off for its own run only, even when the run fails
+    from napari_addunet.engine.training import _Run
+
+    original = _Run._noisy_percentiles
+
+    def broken(*args, **kwargs):
+        assert _Run._noisy_percentiles is not original  # switched off inside the run
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(na, "train", broken)
+    with pytest.raises(RuntimeError, match="stop"):
+        bench.train_one("fixed-25", "clean-percentiles", 0, 1)
+    assert _Run._noisy_percentiles is original
