@@ -322,3 +322,12 @@ def test_a_small_initial_gate_learns_and_a_gate_set_to_zero_stays_closed():
         optimizer.step()
     assert model.gates[0] == 0.0  # closed for good, as set_gates documents
     assert abs(model.gates[1] - 0.001) > 1e-6  # a small gate moves (about 1% per step here)
+
+
+def test_receptive_field_refuses_what_it_cannot_bound_with_a_message():
+    fixed_size = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.Upsample(size=(8, 8)))
+    with pytest.raises(ValueError, match="fixed size has no fixed scale"):  # was a TypeError
+        na.receptive_field(fixed_size)
+    pooled = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    with pytest.raises(ValueError, match="whole image"):  # was an OverflowError
+        na.receptive_field(pooled)

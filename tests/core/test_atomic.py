@@ -71,3 +71,19 @@ def test_the_training_state_is_written_durably(tmp_path, monkeypatch):
     path = save_state(tmp_path / "run.state.pt", {"step": 7})
     assert synced and load_state(path)["step"] == 7
     assert os.listdir(tmp_path) == ["run.state.pt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_replaced_file_keeps_its_permissions_and_a_new_one_gets_the_usual_ones(tmp_path):
+    private = tmp_path / "model.safetensors"
+    private.write_text("old")
+    os.chmod(private, 0o600)
+    atomic_write_text(private, "new")
+    assert private.read_text() == "new"
+    assert os.stat(private).st_mode & 0o777 == 0o600  # was reset to 0o644 by the umask
+    mask = os.umask(0o022)
+    try:
+        fresh = atomic_write_text(tmp_path / "fresh.txt", "x")
+    finally:
+        os.umask(mask)
+    assert os.stat(fresh).st_mode & 0o777 == 0o644

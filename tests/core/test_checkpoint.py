@@ -73,6 +73,23 @@ def test_half_size_storage_refuses_bad_names_and_overflow_and_keeps_the_old_file
     )
 
 
+def test_rounding_refuses_overflow_before_changing_anything_and_broken_weights_are_not_saved(model, tmp_path):
+    from napari_addunet.engine.checkpoint import round_weights
+
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = 1e6
+    before = [t.clone() for t in model.state_dict().values()]
+    with pytest.raises(CheckpointError, match="does not fit in float16"):
+        round_weights(model, "float16")  # used to turn the weight into inf, which then saved
+    for a, b in zip(before, model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match="1 NaN value"):
+        na.save_model(model, tmp_path / "nan.safetensors")
+    assert not (tmp_path / "nan.safetensors").exists()
+
+
 def test_an_existing_file_is_kept_unless_overwrite_is_given(model, tmp_path):
     path = na.save_model(model, tmp_path / "m.safetensors")
     before = path.read_bytes()

@@ -150,3 +150,12 @@ def test_empty_folder_and_colour_file(tmp_path):
     skio.imsave(tmp_path / "rgb.png", np.zeros((8, 8, 3), np.uint8), check_contrast=False)
     with pytest.raises(EvaluationError, match="colour image"):
         evaluate(shift_model(), tmp_path / "rgb.png", [15])
+
+
+def test_sigmas_as_a_0d_array_are_read_and_booleans_refused():
+    from napari_addunet.engine.evaluation import check_sigmas
+
+    assert check_sigmas(np.array(25.0)) == [25.0]  # was a TypeError from iterating a 0-d array
+    assert check_sigmas(np.array([15, 25])) == [15.0, 25.0]
+    with pytest.raises(EvaluationError, match="must be numbers, got True"):
+        check_sigmas(True)

@@ -65,7 +65,11 @@ def test_accuracy_from_indices_and_logits():
     assert accuracy([0, 1, 2, 2], [0, 1, 1, 2]) == 0.75
     logits = np.array([[2.0, 0.1], [0.0, 1.0], [3.0, -1.0]])
     assert accuracy(logits, [0, 1, 1]) == pytest.approx(2 / 3)
-    with pytest.raises(ValueError, match="predictions for"):
+    with pytest.raises(ValueError, match=r"predictions of shape \(2,\) and labels of shape \(3,\)"):
         accuracy([0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match=r"predictions of shape \(4, 1, 3\)"):  # was "4 predictions for 4"
+        accuracy(np.zeros((4, 1, 3)), np.zeros(4))
+    with pytest.raises(ValueError, match=r"predictions of shape \(\)"):  # was an IndexError
+        accuracy(np.int64(3), [3])
     with pytest.raises(ValueError, match="empty"):
         accuracy([], [])

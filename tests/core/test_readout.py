@@ -135,3 +135,9 @@ def test_report_text_and_csv():
     ]
     rows = list(csv.reader(io.StringIO(report.csv())))
     assert rows[0] == ["section", "item", "value"] and rows[2] == ["quality", "PSNR (dB)", "31.23"]
+
+
+def test_infinities_are_shown_with_their_sign():
+    from napari_addunet.engine.readout import _fmt
+
+    assert (_fmt(math.inf), _fmt(-math.inf), _fmt(0.5)) == ("inf", "-inf", "0.5")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,12 +46,21 @@ def durable_replace(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def _mode_for(target: Path) -> int:
+    """The replaced file's permissions, or the usual ones for a new file."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it onto ``target``.
 
     The temporary file keeps the target's suffix (writers that pick a format by suffix work)
-    and gets the usual permissions (``0o666`` minus the umask). If the body raises, the
+    and gets the permissions of the file it replaces, or the usual ones for a new file
+    (``0o666`` minus the umask). If the body raises, the
     temporary file is removed and ``target`` is untouched.
 
     Raises
@@ -70,7 +80,7 @@ def atomic_write(target: str | os.PathLike, *, overwrite: bool = True) -> Iterat
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, _mode_for(target))
         durable_replace(tmp, target)
     finally:
         if tmp.exists():

@@ -99,26 +99,43 @@ def round_weights(model: DenoiserModel, weights_dtype: str | None) -> DenoiserMo
 
     After this, the model computes exactly what the file written with that ``weights_dtype``
     will compute once loaded, so a self-check measured on it holds for the file.
+
+    Raises :class:`CheckpointError`, changing nothing, when a weight is NaN or does not fit
+    in ``weights_dtype``.
     """
     dtype = storage_dtype(weights_dtype)
+    named = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in named:  # check all before changing any
+        _check_storable(name, tensor.detach(), dtype)
     with torch.no_grad():
-        for tensor in (*model.parameters(), *model.buffers()):
+        for _, tensor in named:
             if tensor.is_floating_point() and tensor.dtype != dtype:
                 tensor.copy_(tensor.to(dtype))
     return model
 
 
-def _stored(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    tensor = tensor.detach().to("cpu").contiguous()
-    if not tensor.is_floating_point() or dtype == tensor.dtype:
-        return tensor
-    out = tensor.to(dtype)
-    if (torch.isfinite(tensor) & ~torch.isfinite(out)).any():  # finite values that overflow
+def _check_storable(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> None:
+    if not tensor.is_floating_point():
+        return
+    nan = torch.isnan(tensor)
+    if nan.any():  # (an infinite gate parameter is a closed gate, and fine)
+        raise CheckpointError(
+            f"weight {name!r} holds {int(nan.sum())} NaN value(s); the model is broken "
+            "(a diverged training?) and is not saved"
+        )
+    if dtype != tensor.dtype and (torch.isfinite(tensor) & ~torch.isfinite(tensor.to(dtype))).any():
         raise CheckpointError(
             f"weight {name!r} does not fit in {str(dtype).removeprefix('torch.')} "
             f"(largest magnitude {tensor.abs().max().item():.3g}); save it as float32"
         )
-    return out
+
+
+def _stored(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    tensor = tensor.detach().to("cpu").contiguous()
+    _check_storable(name, tensor, dtype)
+    if not tensor.is_floating_point() or dtype == tensor.dtype:
+        return tensor
+    return tensor.to(dtype)
 
 
 _SAVE_OPTIONS = ("overwrite", "weights_dtype")

@@ -226,6 +226,10 @@ def run_model(model: Any, x: np.ndarray, device: torch.device, ensemble: int = 1
 
 def check_sigmas(sigmas: Any) -> list[float]:
     """``sigmas`` (one number or several) as a list of distinct non-negative floats."""
+    if isinstance(sigmas, bool | np.bool_):
+        raise EvaluationError(f"sigmas must be numbers, got {sigmas!r}")
+    if isinstance(sigmas, np.ndarray) and sigmas.ndim == 0:
+        sigmas = sigmas.item()
     values = [sigmas] if isinstance(sigmas, int | float | np.number) else sigmas
     if isinstance(values, str | bytes) or not hasattr(values, "__iter__"):
         raise EvaluationError(f"sigmas must be a number or a list of numbers, got {type(sigmas).__name__}")

@@ -45,7 +45,8 @@ def ssim(reference: Any, estimate: Any, data_range: float = 1.0) -> float:
     Parameters
     ----------
     reference, estimate
-        2-D arrays of the same shape, at least 7x7.
+        2-D arrays of the same shape, at least 4x4 (the Gaussian window is cropped to
+        the largest odd size that fits below 11x11).
     data_range
         Peak value (1 or 255).
     """
@@ -73,7 +74,11 @@ def ssim(reference: Any, estimate: Any, data_range: float = 1.0) -> float:
 def batch_psnr_ssim(
     reference: np.ndarray, estimate: np.ndarray, data_range: float = 1.0
 ) -> tuple[float, float]:
-    """Mean PSNR and SSIM over a batch ``(n, 1, H, W)`` or ``(n, H, W)``."""
+    """Mean PSNR and SSIM over a batch ``(n, 1, H, W)`` or ``(n, H, W)``.
+
+    Identical pairs (infinite PSNR) are left out of the PSNR mean, which is infinite only
+    when every pair is identical; the SSIM mean covers every pair.
+    """
     ref = np.asarray(reference).reshape(-1, *np.asarray(reference).shape[-2:])
     est = np.asarray(estimate).reshape(ref.shape)
     values = [(psnr(r, e, data_range), ssim(r, e, data_range)) for r, e in zip(ref, est, strict=True)]
@@ -93,11 +98,14 @@ def accuracy(predictions: Any, labels: Any) -> float:
         True class indices ``(n,)``.
     """
     pred = np.asarray(predictions)
+    lab = np.asarray(labels).ravel()
+    if pred.ndim not in (1, 2) or len(pred) != len(lab):
+        raise ValueError(
+            f"accuracy takes class indices (n,) or scores (n, classes) and labels (n,); got "
+            f"predictions of shape {pred.shape} and labels of shape {lab.shape}"
+        )
     if pred.ndim == 2:
         pred = pred.argmax(axis=1)
-    lab = np.asarray(labels).ravel()
-    if pred.shape != lab.shape:
-        raise ValueError(f"{pred.shape[0]} predictions for {lab.shape[0]} labels")
     if lab.size == 0:
         raise ValueError("accuracy of an empty set")
     return float(np.mean(pred == lab))

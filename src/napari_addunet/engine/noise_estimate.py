@@ -32,23 +32,52 @@ MAX_PLANES = 32
 def plane_sigma(plane: Any) -> float:
     """Noise standard deviation of one 2-D plane (NaN when it has fewer than 2x2 finite pixels).
 
+    Blocks whose four pixels all equal the plane's minimum or maximum (padding, clipped
+    background, saturation) carry no noise and are left out, unless nothing else is left.
+    On integer data, whose coefficients are multiples of 0.5, the median is interpolated
+    within its bin, so the estimate is not stuck on a few values at low noise.
+
     Parameters
     ----------
     plane
         A 2-D array of any real dtype.
     """
-    x = np.asarray(plane, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"plane_sigma takes a 2-D plane, got shape {x.shape}")
-    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    raw = np.asarray(plane)
+    if raw.ndim != 2:
+        raise ValueError(f"plane_sigma takes a 2-D plane, got shape {raw.shape}")
+    h, w = (raw.shape[0] // 2) * 2, (raw.shape[1] // 2) * 2
     if h == 0 or w == 0:
         return math.nan
-    x = x[:h, :w]
-    d = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
-    d = np.abs(d[np.isfinite(d)])
-    if d.size == 0:
+    x = raw[:h, :w].astype(np.float64)
+    blocks = (x[0::2, 0::2], x[0::2, 1::2], x[1::2, 0::2], x[1::2, 1::2])
+    d = (blocks[0] - blocks[1] - blocks[2] + blocks[3]) / 2.0
+    keep = np.isfinite(d)
+    if not keep.any():
         return math.nan
-    return float(np.median(d) / MAD_TO_SIGMA)
+    finite = x[np.isfinite(x)]
+    lo, hi = finite.min(), finite.max()
+    flat = (blocks[0] == blocks[1]) & (blocks[0] == blocks[2]) & (blocks[0] == blocks[3])
+    clipped = flat & ((blocks[0] == lo) | (blocks[0] == hi))
+    if (keep & ~clipped).any():
+        keep &= ~clipped
+    d = np.abs(d[keep])
+    if not d.any():
+        return 0.0  # no variation at all
+    integer = raw.dtype.kind in "uib" or bool(np.all(finite == np.round(finite)))
+    return float((_binned_median(d, 0.5) if integer else np.median(d)) / MAD_TO_SIGMA)
+
+
+def _binned_median(values: np.ndarray, step: float) -> float:
+    """Median of values on a grid of ``step``, each spread over its bin (a grouped median)."""
+    k = np.round(values / step).astype(np.int64)
+    counts = np.bincount(k)
+    # bin 0 holds |d| < step/2 (width step/2); bin k > 0 holds [(k - 1/2) step, (k + 1/2) step)
+    edges_low = np.maximum((np.arange(len(counts)) - 0.5) * step, 0.0)
+    widths = np.where(np.arange(len(counts)) == 0, step / 2, step)
+    below = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    half = values.size / 2.0
+    b = int(np.searchsorted(np.cumsum(counts), half, side="left"))
+    return float(edges_low[b] + (half - below[b]) / counts[b] * widths[b])
 
 
 def estimate_sigma(data: Any, axes: str | None = None, rgb: bool | None = None) -> float:

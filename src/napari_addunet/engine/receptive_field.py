@@ -121,6 +121,11 @@ def receptive_field(model: nn.Module | str | os.PathLike) -> int:
                 r = r + (taps - 1) * j
                 j = j / s
             elif isinstance(mod, _UPS):
+                if mod.scale_factor is None:
+                    raise ValueError(
+                        f"{type(mod).__name__} to a fixed size has no fixed scale: the receptive "
+                        "field depends on the input size"
+                    )
                 s = float(
                     mod.scale_factor if not isinstance(mod.scale_factor, tuple) else max(mod.scale_factor)
                 )
@@ -147,4 +152,6 @@ def receptive_field(model: nn.Module | str | os.PathLike) -> int:
         state[node] = (r, j)
     if result is None:
         raise ValueError("could not follow the model's image path to compute its receptive field")
+    if not math.isfinite(result[0]):
+        raise ValueError("the receptive field is the whole image (global pooling on the image path)")
     return int(round(result[0]))
