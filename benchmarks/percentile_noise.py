@@ -146,6 +146,29 @@ def render(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "Per test image (mean over seeds), noisy-percentiles minus clean-percentiles:",
+        "",
+        "| training noise | scored at sigma | " + " | ".join(test_images()) + " |",
+        "|---|---|" + "---|" * len(test_images()),
+    ]
+    for setting, (_, sigmas) in SETTINGS.items():
+        for sigma in sigmas:
+            cells = []
+            for image in test_images():
+                mean = {
+                    m: np.mean(
+                        [
+                            r["psnr"][str(sigma)][image]
+                            for r in results["runs"]
+                            if r["setting"] == setting and r["mapping"] == m
+                        ]
+                    )
+                    for m in MAPPINGS
+                }
+                cells.append(f"{mean['noisy-percentiles'] - mean['clean-percentiles']:+.2f}")
+            lines.append(f"| {setting} | {sigma} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         f"Training time per run (mean, same machine, other work beside): {seconds['clean-percentiles']:.0f} s "
         f"with clean percentiles, {seconds['noisy-percentiles']:.0f} s with noisy ones.",
         "",
