@@ -173,6 +173,8 @@ def test_sweep_plots_psnr_and_ssim(viewer_session, add_dock, qtbot):
     lines = widget.sweep_canvas.axes[0].get_lines()
     assert lines[0].get_ydata().tolist() == pytest.approx(result.psnr.tolist())
     assert "best PSNR" in widget.status.text()
+    widget.plot_sweep(result)  # a second sweep replaces the SSIM twin instead of adding one
+    assert len(widget.sweep_canvas.figure.axes) == 2
 
 
 def _start_long_sweep(viewer, add_dock, steps=400):

@@ -242,3 +242,51 @@ def test_a_multiscale_layer_is_refused_not_trained_on_its_thumbnail(viewer_sessi
         and "to train on it" in errors[-1]
     )
     assert not widget.runner.running and state.training is None
+
+
+def test_redraws_reuse_the_figure_instead_of_stacking_twin_axes(viewer_session, add_dock):
+    viewer, _ = viewer_session
+    widget = add_dock(viewer, WIDGET)
+    figure = widget.canvas.figure
+    for epoch in range(1, 6):
+        widget.history.append(
+            {
+                "epoch": epoch,
+                "step": 10 * epoch,
+                "train_loss": 1.0 / epoch,
+                "val_loss": 1.2 / epoch,
+                "val_psnr": 20.0 + epoch,
+                "gates": [1.0, 0.5],
+            }
+        )
+        widget._draw()
+        # the loss and gate axes and one PSNR twin: a new twin per redraw used to pile up
+        assert len(figure.axes) == 3
+    psnr_lines = [
+        line for ax in figure.axes for line in ax.get_lines() if line.get_label() == "val PSNR (dB)"
+    ]
+    assert len(psnr_lines) == 1 and psnr_lines[0].get_ydata().tolist() == [21.0, 22.0, 23.0, 24.0, 25.0]
+    widget.history.clear()  # a new run starts with an empty plot, no PSNR left from the last
+    widget._draw()
+    assert len(figure.axes) == 2
+
+
+def test_every_float_setting_takes_its_bounds_and_fine_values(viewer_session, add_dock):
+    from napari_addunet import TrainingConfig
+
+    viewer, _ = viewer_session
+    widget = add_dock(viewer, WIDGET)
+    rows = {r["name"]: r for r in TrainingConfig.describe()}
+    forms = [widget.train_form, widget.more_form]
+    editors = {n: e for f in forms for n, e in f.editors.items() if rows[n]["type"] == "float"}
+    for name, editor in editors.items():
+        if "le" in rows[name]:  # the spin box's maximum is the setting's, not rounded past it
+            assert editor.maximum() == pytest.approx(rows[name]["le"], abs=0), name
+    for form in forms:
+        form.set_values(
+            **{k: v for k, v in (("ema_decay", 0.999), ("lambda_cls", 0.001)) if k in form.editors}
+        )
+    values = {k: v for form in forms for k, v in form.values().items()}
+    assert values["ema_decay"] == pytest.approx(0.999)  # with 2 decimals: 1.0, then refused
+    assert values["lambda_cls"] == pytest.approx(0.001)  # with 2 decimals: 0
+    TrainingConfig(**{k: v for k, v in values.items() if k in ("ema_decay", "lambda_cls")})

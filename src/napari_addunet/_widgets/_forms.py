@@ -46,10 +46,24 @@ def _tooltip(row: dict[str, Any]) -> str:
     return doc + (f" ({'; '.join(bounds)})" if bounds else "")
 
 
+def _places(value: float) -> int:
+    """Decimal places that write ``value`` exactly (at most 8)."""
+    for places in range(9):
+        if abs(round(value, places) - value) <= 1e-12 * max(1.0, abs(value)):
+            return places
+    return 8
+
+
 def _decimals(row: dict[str, Any]) -> int:
-    values = [abs(float(v)) for v in (row.get("ge"), row.get("default")) if v not in (None, 0, 0.0)]
-    smallest = min(values) if values else 1.0
-    return int(min(8, max(2, 2 - math.floor(math.log10(smallest))))) if smallest > 0 else 3
+    """Decimals of a float editor: at least 3, enough for its bounds and default (at most 8).
+
+    A spin box rounds its range to its decimals: with too few, a bound such as 0.9999 would
+    become 1.0, and values the setting refuses could be typed.
+    """
+    values = [abs(float(v)) for v in (row.get("ge"), row.get("le"), row.get("default")) if v is not None]
+    nonzero = [v for v in values if v > 0]
+    by_size = 2 - math.floor(math.log10(min(nonzero))) if nonzero else 3
+    return int(min(8, max(3, by_size, *(_places(v) for v in values))))
 
 
 class ConfigForm(QWidget):

@@ -27,6 +27,9 @@ class PlotCanvas(FigureCanvasQTAgg):
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
 
     def clear(self) -> None:
+        """Empty the axes and remove any added to the figure since (twin axes of a redraw)."""
+        for extra in [a for a in self.figure.axes if a not in self.axes]:
+            extra.remove()
         for ax in self.axes:
             ax.clear()
             style(ax)
