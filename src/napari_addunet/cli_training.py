@@ -246,7 +246,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.training import summarize, train_events
+    from .engine.training import TrainingError, summarize, train_events
     from .engine.training_events import (
         CheckpointSaved,
         EpochDone,
@@ -254,7 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         TrainingFinished,
         TrainingStarted,
     )
-    from .engine.training_state import load_state
+    from .engine.training_state import load_state, state_path_for
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
@@ -267,8 +267,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     model_settings = {**dict(file.get("model", {})), **dict(parse_assignment(a) for a in args.set or [])}
     resume = None
     if args.resume:
-        if not output.exists():
-            raise _error(f"--resume: {output} does not exist yet; start without --resume")
+        if not state_path_for(output).is_file():
+            state = state_path_for(output).name
+            what = f"has no training state beside it ({state})" if output.exists() else "does not exist yet"
+            raise _error(f"--resume: {output} {what}; start without --resume")
         resume = output
         state_config = json.loads(load_state(output)["config"])
         settings = {**state_config, **settings}
@@ -282,19 +284,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"lambda {lam:g} adds a classification loss, which needs class labels: add --labels "
             "FILE.csv or --class-folders, or set --lambda 0"
         )
+    if lam == 0 and (args.labels or args.class_folders):
+        raise _error(
+            "class labels are given but lambda is 0, so the classification head would not learn: "
+            "add --lambda (e.g. 1), or leave out --labels/--class-folders to train a denoiser only"
+        )
     data = _training_data(args)
     stop = threading.Event()
-    gen = train_events(
-        data,
-        args.arch if args.resume else arch,
-        settings or None,
-        output=output,
-        resume=resume,
-        overwrite=args.overwrite,
-        stop=stop,
-        command=_command(args),
-        model_settings=model_settings or None,
-    )
+    try:  # the run is prepared here: a setting the machine cannot honour fails now
+        gen = train_events(
+            data,
+            args.arch if args.resume else arch,
+            settings or None,
+            output=output,
+            resume=resume,
+            overwrite=args.overwrite,
+            stop=stop,
+            command=_command(args),
+            model_settings=model_settings or None,
+        )
+    except TrainingError as exc:
+        raise _error(str(exc)) from exc
     quiet = args.quiet or os.environ.get("RANK", "0") != "0"
     bar = None
     finished: TrainingFinished | None = None

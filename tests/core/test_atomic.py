@@ -87,3 +87,15 @@ def test_a_replaced_file_keeps_its_permissions_and_a_new_one_gets_the_usual_ones
     finally:
         os.umask(mask)
     assert os.stat(fresh).st_mode & 0o777 == 0o644
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_training_state_is_as_readable_as_the_model_beside_it(tmp_path):
+    from napari_addunet.engine.training_state import save_state
+
+    mask = os.umask(0o022)
+    try:
+        state = save_state(tmp_path / "m.state.pt", {"config": "{}"})
+    finally:
+        os.umask(mask)
+    assert os.stat(state).st_mode & 0o777 == 0o644  # was 0o600: a colleague could not resume

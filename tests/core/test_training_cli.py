@@ -152,7 +152,11 @@ def test_noisy_only_pairs_and_class_folders(run, images, config, tmp_path, capsy
             ["--clean", "IMG", "--lambda", "1"],
             "lambda 1 adds a classification loss, which needs class labels: add --labels",
         ),
-        (["--clean", "IMG", "--labels", "LABELS"], "labels do not match the images: no label for im3.png"),
+        (
+            ["--clean", "IMG", "--labels", "LABELS", "--lambda", "1"],
+            "labels do not match the images: no label for im3.png",
+        ),
+        (["--clean", "IMG", "--labels", "LABELS"], "lambda is 0, so the classification head would not learn"),
         (["--clean", "IMG", "--patch-size", "64"], "smaller than the 64x64 patch"),
         (["--clean", "IMG", "--epochs", "0"], "training.epochs must be >= 1"),
         (["--clean", "IMG", "--resume"], "does not exist yet; start without --resume"),
@@ -224,3 +228,33 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_files(run, images, config, tm
     assert "stopping after this step" in captured.err and "continue with: --resume" in captured.out
     assert na.load_model(out).metadata["training"]["steps"] == 3
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
+
+
+def test_resume_from_the_state_alone_and_setup_failures_are_one_line(
+    run, images, config, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "m.safetensors"
+    assert run("train", "--clean", images, "--config", config, *FAST, "-o", out) == 0
+    out.rename(tmp_path / "final.safetensors")  # the user moved the model away; the state stays
+    capsys.readouterr()
+    # the state is enough to continue (it used to say 'does not exist yet' here, and
+    # 'the state exists, resume from it' without --resume)
+    assert run("train", "--clean", images, "--epochs", 3, "--resume", "-o", out) == 0
+    assert na.load_model(out).metadata["training"]["steps"] == 9
+    (tmp_path / "m.state.pt").unlink()
+    capsys.readouterr()
+    assert run("train", "--clean", images, "--resume", "-o", out) == 2
+    assert "has no training state beside it (m.state.pt)" in capsys.readouterr().err
+    # a setting this machine cannot honour, refused while the run is prepared: one line
+    from napari_addunet.engine import training
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    bf16 = tmp_path / "bf16.json"
+    bf16.write_text(
+        json.dumps(
+            {"arch": "addunet", "model": {"width": 4, "kernels": [3, 3]}, "training": {"cpu_bf16": True}}
+        )
+    )
+    assert run("train", "--clean", images, "--config", bf16, *FAST, "-o", tmp_path / "b.safetensors") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cpu_bf16 needs a CPU with native bfloat16" in err[0]

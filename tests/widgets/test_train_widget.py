@@ -290,3 +290,38 @@ def test_every_float_setting_takes_its_bounds_and_fine_values(viewer_session, ad
     assert values["ema_decay"] == pytest.approx(0.999)  # with 2 decimals: 1.0, then refused
     assert values["lambda_cls"] == pytest.approx(0.001)  # with 2 decimals: 0
     TrainingConfig(**{k: v for k, v in values.items() if k in ("ema_decay", "lambda_cls")})
+
+
+def test_a_progress_bar_takes_totals_past_32_bits(qtbot):
+    from qtpy.QtWidgets import QProgressBar
+
+    from napari_addunet._widgets._jobs import BAR_LIMIT, bar_position
+
+    bar = QProgressBar()
+    qtbot.addWidget(bar)
+    total = 3000 * 1_000_000  # epochs x steps the settings allow; setRange overflowed
+    value, length = bar_position(total // 2, total)
+    bar.setRange(0, length)
+    bar.setValue(value)
+    assert bar.maximum() == BAR_LIMIT and abs(bar.value() / bar.maximum() - 0.5) < 1e-6
+    assert (
+        bar_position(5, 10) == (5, 10) and bar_position(12, 10) == (10, 10) and bar_position(3, 0) == (0, 0)
+    )
+
+
+def test_classes_with_lambda_0_are_refused_instead_of_an_untrained_head(
+    viewer_session, add_dock, monkeypatch
+):
+    import napari_addunet._widgets.train as train_widget
+
+    viewer, state = viewer_session
+    _layers(viewer)
+    widget = add_dock(viewer, WIDGET)
+    _tiny_settings(widget)
+    errors: list[str] = []
+    monkeypatch.setattr(train_widget, "show_error", errors.append)
+    widget.table.set_row("img0", cls="a")
+    widget.table.set_row("img1", cls="b")
+    assert not widget.start()  # lambda_cls is 0 by default: the head would stay at chance
+    assert errors and "lambda_cls is 0" in errors[-1]
+    assert not widget.runner.running and state.training is None

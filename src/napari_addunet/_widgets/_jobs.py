@@ -320,8 +320,9 @@ class JobRunner(QObject):
             done, total, message = info
             bar = self.progress_bar
             if bar is not None:
-                bar.setRange(0, max(total, 0))
-                bar.setValue(min(done, total) if total > 0 else 0)
+                shown, length = bar_position(done, total)
+                bar.setRange(0, length)
+                bar.setValue(shown)
                 bar.setFormat(message or self.description)
             if self._pbar is not None:
                 self._pbar.update(done, total, message)
@@ -369,3 +370,16 @@ class JobRunner(QObject):
         finally:
             self._outcome = None  # its result may be large and now belongs to the layers it made
             self.done.emit(outcome)
+
+
+BAR_LIMIT = 2**31 - 1
+"""Qt progress bars count in 32-bit integers."""
+
+
+def bar_position(done: int, total: int) -> tuple[int, int]:
+    """``(value, maximum)`` for a Qt progress bar; totals past its integer range are scaled."""
+    total = max(int(total), 0)
+    done = min(max(int(done), 0), total)
+    if total <= BAR_LIMIT:
+        return done, total
+    return int(done * (BAR_LIMIT / total)), BAR_LIMIT

@@ -351,6 +351,12 @@ class TrainWidget(QWidget):
         )
         classes = [cls for _, cls, _ in chosen]
         label_file = self.csv_edit.text().strip() or None
+        if (label_file or any(str(c).strip() for c in classes)) and config.lambda_cls == 0:
+            show_error(
+                "Classes are given but lambda_cls is 0, so the classification head would not learn: "
+                "set lambda_cls (e.g. 1), or clear the classes to train a denoiser only"
+            )
+            return False
         stop = threading.Event()
         command = f"napari Train widget: {arch} on {', '.join(n for n, _ in images)}"
 

@@ -46,8 +46,9 @@ def durable_replace(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
             os.close(fd)
 
 
-def _mode_for(target: Path) -> int:
-    """The replaced file's permissions, or the usual ones for a new file."""
+def mode_for(target: str | os.PathLike) -> int:
+    """Permissions for a file about to replace ``target``: its own, or the usual ones for a
+    new file (``0o666`` minus the umask)."""
     try:
         return stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
@@ -80,7 +81,7 @@ def atomic_write(target: str | os.PathLike, *, overwrite: bool = True) -> Iterat
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, _mode_for(target))
+        os.chmod(tmp, mode_for(target))
         durable_replace(tmp, target)
     finally:
         if tmp.exists():

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .atomic import durable_replace
+from .atomic import durable_replace, mode_for
 
 STATE_FORMAT = "napari-addunet-train-state/1"
 STATE_SUFFIX = ".state.pt"
@@ -76,6 +76,7 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, mode_for(path))  # as the model file beside it, not the private 0o600 of mkstemp
         durable_replace(tmp, path)
     finally:
         if os.path.exists(tmp):
