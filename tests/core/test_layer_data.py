@@ -94,3 +94,24 @@ def test_class_csv_formats(tmp_path):
         read_layer_classes(bad)
     with pytest.raises(DataError, match="does not exist"):
         read_layer_classes(tmp_path / "missing.csv")
+
+
+def test_errors_name_the_layer_not_an_anonymous_array():
+    bad = _img((32, 32))
+    bad[3, 4] = np.nan
+    with pytest.raises(DataError, match=r"^nuclei holds 1 NaN/Inf"):  # was "array 1 holds ..."
+        layer_training_data("clean", [("cells", _img((32, 32))), ("nuclei", bad)])
+    with pytest.raises(DataError, match=r"^mask: boolean arrays"):  # was "images array: ..."
+        layer_training_data("clean", [("mask", np.zeros((32, 32), bool))])
+    with pytest.raises(DataError, match=r"pairs do not match: noisy is float32 but its target is uint8"):
+        layer_training_data("pairs", [("noisy", _img((32, 32)))], targets=[np.zeros((32, 32), np.uint8)])
+
+
+def test_named_arrays_in_the_python_api():
+    from napari_addunet.engine.datasets import clean_data
+
+    data = clean_data({"a": _img((32, 32)), "b": _img((2, 32, 32))}, labels={"a": "x", "b": "y"})
+    assert data.sources == ["a", "b"] and data.names == ["a", "b[0]", "b[1]"]
+    assert data.class_names == ["x", "y"] and data.labels.tolist() == [0, 1, 1]
+    with pytest.raises(DataError, match="'b' must be an array, got str"):
+        clean_data({"a": _img((32, 32)), "b": "file.tif"})

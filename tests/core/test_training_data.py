@@ -218,7 +218,7 @@ def test_two_to_four_planes_are_normalised_apart_like_channels():
 def test_pairs_of_other_types_and_label_tables_over_same_named_files_are_refused(tmp_path):
     rng = np.random.default_rng(8)
     noisy = (rng.random((32, 32)) * 255).astype(np.uint8)
-    with pytest.raises(DataError, match="is uint8 but its target .* is float64"):
+    with pytest.raises(DataError, match="is uint8 but its target.* is float64"):
         paired_data(noisy, noisy / 255.0)
     for folder in ("cats", "dogs"):
         (tmp_path / folder).mkdir()

@@ -106,6 +106,13 @@ def _sources(obj: Any, what: str) -> list[_Source]:
         return [_read_file(path)]
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__"):
         return [_Source("", _as_array(obj, f"{what} array"))]
+    if isinstance(obj, Mapping):  # named arrays: messages and labels use the names
+        named = []
+        for key, item in obj.items():
+            if not (isinstance(item, np.ndarray) or hasattr(item, "__array__")):
+                raise DataError(f"{what}: {key!r} must be an array, got {type(item).__name__}")
+            named.append(_Source(str(key), _as_array(item, str(key))))
+        return named
     if isinstance(obj, Sequence):
         out: list[_Source] = []
         for item in obj:
@@ -498,14 +505,14 @@ def _build(
                 f"{len(target_sources)} target image(s) with {n_tg} plane(s)"
             )
         for s, t in zip(sources, target_sources, strict=True):
+            its_target = "its target" if t.name == s.name else f"its target {t.name}"
             if s.array.shape != t.array.shape:
                 raise DataError(
-                    f"pairs do not match: {s.name} is {s.array.shape} but its target {t.name} is "
-                    f"{t.array.shape}"
+                    f"pairs do not match: {s.name} is {s.array.shape} but {its_target} is {t.array.shape}"
                 )
             if s.array.dtype != t.array.dtype:
                 raise DataError(
-                    f"pairs do not match: {s.name} is {s.array.dtype} but its target {t.name} is "
+                    f"pairs do not match: {s.name} is {s.array.dtype} but {its_target} is "
                     f"{t.array.dtype}; both are normalised with the input's numbers, so give them "
                     "in the same type and range"
                 )
@@ -571,7 +578,8 @@ def clean_data(
     Parameters
     ----------
     images
-        A 2-D array, a 3-D stack (its planes are used), a list of arrays of any sizes, a file
+        A 2-D array, a 3-D stack (its planes are used), a list of arrays of any sizes, a
+        ``{name: array}`` mapping (messages, labels and the checkpoint use the names), a file
         (TIFF, PNG, ...), a folder of images, or a list of files and folders.
     labels
         Optional classes: one per image or per plane (integers or class names), a

@@ -192,16 +192,13 @@ def layer_training_data(
             )
         if all(given):
             labels = [c for c, arr in zip(given, arrays, strict=True) for _ in _planes("", arr)]
+    named = dict(zip(names, arrays, strict=True))  # messages name the layers
     if kind == "clean":
-        data = clean_data(arrays, labels=labels, normalization=normalization)
-    elif kind == "noisy":
-        data = noisy_data(arrays, labels=labels, normalization=normalization)
-    else:
-        data = paired_data(arrays, target_arrays, labels=labels, normalization=normalization)
-    # keep the layer names (the constructors name anonymous arrays "array 0", ...)
-    data.sources = names
-    data.names = [p for n, a in zip(names, arrays, strict=True) for p in _planes(n, a)]
-    return data
+        return clean_data(named, labels=labels, normalization=normalization)
+    if kind == "noisy":
+        return noisy_data(named, labels=labels, normalization=normalization)
+    targets_named = dict(zip(names, target_arrays, strict=True))
+    return paired_data(named, targets_named, labels=labels, normalization=normalization)
 
 
 def _strip_ext(key: str) -> str:
