@@ -325,3 +325,34 @@ def test_classes_with_lambda_0_are_refused_instead_of_an_untrained_head(
     assert not widget.start()  # lambda_cls is 0 by default: the head would stay at chance
     assert errors and "lambda_cls is 0" in errors[-1]
     assert not widget.runner.running and state.training is None
+
+
+def test_a_job_started_as_the_last_one_ends_keeps_its_claim(viewer_session, qtbot):
+    import time
+
+    from napari_addunet._widgets._jobs import JobRunner
+
+    _, state = viewer_session
+    runner = JobRunner(state, "training")
+
+    def quick():
+        return None
+        yield
+
+    def slow():
+        while not runner.cancel_event.is_set():
+            time.sleep(0.01)
+            yield None
+
+    second: list[bool] = []
+    runner.done.connect(lambda outcome: second or second.append(runner.start(slow, "second job")))
+    assert runner.start(quick, "first job")
+    qtbot.waitUntil(lambda: bool(second), timeout=10_000)
+    qtbot.wait(300)  # every handler of the first job's end has run
+    # the first job's release used to free the slot of the job started from its 'done'
+    assert second == [True] and runner.running and state.jobs == {"training": "second job"}
+    other = JobRunner(state, "training")
+    assert not other.start(quick, "a third")
+    runner.cancel()
+    qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
+    qtbot.waitUntil(lambda: state.jobs == {}, timeout=10_000)

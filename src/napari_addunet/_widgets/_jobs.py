@@ -161,12 +161,15 @@ class ActivityBar:
             pbar.set_description(message)
 
 
-def _runner_destroyed(live: dict[str, Any]) -> None:
-    """The runner is being destroyed (its widget was closed): ask its job to stop.
+def _runner_destroyed(holder: dict[str, Any]) -> None:
+    """The runner is being destroyed (its widget was closed): ask its current job to stop.
 
     The slot in the session is freed when the job's worker has finished
     (:func:`_release_job`), so a new job of the kind cannot start while the old one still runs.
     """
+    live = holder.get("job")
+    if live is None:
+        return
     if live.get("cancel") is not None:
         live["cancel"].set()
     QTimer.singleShot(0, functools.partial(_close_bar, live))  # not inside Qt's destruction
@@ -231,9 +234,11 @@ class JobRunner(QObject):
         self._on_done: Callable[[Outcome], Any] | None = None
         self._progress: Callable[[Any], tuple[int, int, str] | None] = _progress_of
         # If the widget is closed while a job runs: stop the job; its worker frees the slot.
-        # (A plain dict, not self: the handler runs when this object is being destroyed.)
+        # (Plain dicts, not self: the handler runs when this object is being destroyed. Each
+        # job has its own, so a job started as the last one ends keeps its claim.)
         self._live: dict[str, Any] = {"cancel": None, "claimed": False, "pbar": None}
-        call_when_destroyed(self, functools.partial(_runner_destroyed, self._live))
+        self._holder: dict[str, Any] = {"job": None}
+        call_when_destroyed(self, functools.partial(_runner_destroyed, self._holder))
 
     @property
     def running(self) -> bool:
@@ -266,12 +271,12 @@ class JobRunner(QObject):
 
         self.description = description
         self.cancel_event = cancel_event or threading.Event()
-        self._live.update(cancel=self.cancel_event, claimed=True)
         self._on_event, self._on_done = on_event, on_done
         self._progress = progress or _progress_of
         self._outcome = None
         self._pbar = ActivityBar(description, self.cancel_event.set)
-        self._live["pbar"] = self._pbar
+        self._live = {"cancel": self.cancel_event, "claimed": True, "pbar": self._pbar}
+        self._holder["job"] = self._live
         if self.progress_bar is not None:
             self.progress_bar.setRange(0, 0)
             self.progress_bar.setFormat(description)
