@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -331,3 +332,46 @@ def test_receptive_field_refuses_what_it_cannot_bound_with_a_message():
     pooled = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
     with pytest.raises(ValueError, match="whole image"):  # was an OverflowError
         na.receptive_field(pooled)
+
+
+def test_gates_round_trip_exactly_and_decode_with_them_matches_the_forward():
+    torch.manual_seed(0)
+    model = na.create_model("addunet", width=8, kernels=(3, 3, 3)).eval()
+    rng = np.random.default_rng(0)
+    x = torch.rand(1, 1, 16, 16)
+    for _ in range(200):  # about 3 % of values used to come back 1 ulp off
+        model.set_gates(list(rng.random(3) * 3))
+        read = model.gates
+        model.set_gates(read)
+        assert model.gates == read
+        with torch.no_grad():
+            assert torch.equal(model(x).denoised, model.decode(model.encode(x), gates=read).denoised)
+
+
+def test_a_closed_gate_stays_closed_and_finite_under_weight_decay():
+    torch.manual_seed(0)
+    model = na.create_model("addunet", width=8, kernels=(3, 3, 3))
+    model.set_gates([0.0, 0.5, 1.0])
+    assert torch.isfinite(model.beta).all()  # was -inf, which weight decay turns into NaN
+    for opt in (
+        torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4),
+        torch.optim.SGD(model.parameters(), lr=1e-2, weight_decay=1e-4),
+    ):
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.rand(2, 1, 16, 16)).denoised.mean().backward()
+            opt.step()
+    assert model.gates[0] == 0.0 and all(np.isfinite(model.gates))
+
+
+def test_gates_that_do_not_fit_or_are_not_sequences_are_refused():
+    model = na.create_model("addunet", width=8, kernels=(3, 3, 3))
+    before = model.gates
+    with pytest.raises(GateError, match="does not fit"):
+        model.set_gates([1e39, 1, 1])  # became an infinite gate
+    with pytest.raises(GateError, match="does not fit"):
+        model.decode(model.encode(torch.rand(1, 1, 8, 8)), gates=[1e39, 1, 1])
+    for zero_d in (torch.tensor(1.0), np.array(1.0)):  # raw TypeErrors before
+        with pytest.raises(GateError, match="sequence of 3 numbers"):
+            model.set_gates(zero_d)
+    assert model.gates == before

@@ -63,3 +63,9 @@ def test_a_failing_count_leaves_the_model_in_its_training_mode():
     with pytest.raises(RuntimeError, match="not today"):
         macs_per_pixel(model, size=16)
     assert model.training and not model.conv._forward_hooks
+
+
+def test_half_precision_models_are_counted_like_float32_ones():
+    model = na.create_model("unet", base_width=2, depth=1)
+    expected = na.macs_per_pixel(model, size=8)
+    assert na.macs_per_pixel(model.half(), size=8) == expected  # was a dtype mismatch error

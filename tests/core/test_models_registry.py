@@ -188,3 +188,22 @@ def test_fast_layout_keeps_results_and_saved_files(name, tmp_path):
     for (k, a), (_, b) in zip(plain.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
         assert b.is_contiguous(), k
+
+
+def test_config_takes_numpy_numbers_and_the_schedule_notation_but_no_negative_items():
+    import numpy as np
+
+    model = na.create_model("addunet", kernels="9-7-5", gate_init=np.float32(0.5))
+    assert model.config.kernels == (9, 7, 5) and model.config.gate_init == 0.5
+    assert na.create_model("addunet", kernels="5 3 3").config.kernels == (5, 3, 3)
+    with pytest.raises(ConfigError, match="items must be >= 1, got -5"):  # was read as (3, 5)
+        na.create_model("addunet", kernels="3,-5")
+    with pytest.raises(ConfigError, match="gate_init must be a number"):
+        na.create_model("addunet", gate_init=np.bool_(True))
+
+
+@pytest.mark.parametrize("name", na.list_models())
+def test_every_model_refuses_a_non_tensor_with_a_type_error(name):
+    model = na.create_model(name)
+    with torch.no_grad(), pytest.raises(TypeError, match="expects a torch.Tensor"):
+        model([[0.0]])  # DnCNN read x.ndim first: AttributeError

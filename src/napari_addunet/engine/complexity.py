@@ -52,11 +52,12 @@ def macs_per_pixel(model: nn.Module | str, size: int = 128) -> float:
     in_ch = model.in_channels if hasattr(model, "in_channels") else 1
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     was_training = model.training
     try:
         model.eval()
         with torch.enable_grad():  # the whole-map pass, which calls every layer module
-            model(torch.zeros(1, in_ch, size, size, device=device))
+            model(torch.zeros(1, in_ch, size, size, device=device, dtype=dtype))
     finally:
         model.train(was_training)
         for h in handles:

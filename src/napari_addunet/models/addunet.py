@@ -48,7 +48,7 @@ class AddUNetConfig(ModelConfig):
         doc="'residual': x_{i+1} = x_i - r_i, skips carry r_i (Real AddUNet); "
         "'plain': x_{i+1} = Enc_i(x_i), skips carry x_{i+1} (Pseudo AddUNet)",
     )
-    convs_per_level: int = setting(1, ge=1, le=4, doc="convolutions per encoder and decoder level")
+    convs_per_level: int = setting(1, ge=1, le=8, doc="convolutions per encoder and decoder level")
     level_convs: tuple[int, ...] = setting(
         (),
         item_ge=1,
@@ -125,12 +125,39 @@ MIN_GATE_INIT = 1e-4
 """The smallest initial gate: ``gate_init=0`` starts here so that training can open the gates."""
 
 
+CLOSED_BETA = -1.0e4
+"""``beta`` of a closed gate: softplus gives exactly 0 in every float type, and float16 and
+bfloat16 files can store it."""
+
+
 def _inverse_softplus(alpha: float) -> float:
     if alpha == 0.0:
         return -math.inf
     if alpha > 20.0:
         return alpha
     return math.log(math.expm1(alpha))
+
+
+def _beta_for(values: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+    """``beta`` whose softplus, computed in ``dtype``, gives each value as ``dtype`` rounds it.
+
+    A closed gate (0) is :data:`CLOSED_BETA`, not ``-inf``: softplus is exactly 0 there with
+    no gradient, and weight decay cannot turn it into NaN.
+    """
+    beta = torch.tensor([CLOSED_BETA if v == 0 else _inverse_softplus(v) for v in values], dtype=dtype)
+    target = torch.tensor(list(values), dtype=dtype)
+    try:
+        for _ in range(8):  # the inverse is off by an ulp or so after rounding: step onto the value
+            got = F.softplus(beta)
+            low, high = got < target, got > target
+            if not bool((low | high).any()):
+                break
+            up = torch.nextafter(beta, torch.full_like(beta, math.inf))
+            down = torch.nextafter(beta, torch.full_like(beta, -math.inf))
+            beta = torch.where(low, up, torch.where(high, down, beta))
+    except (RuntimeError, NotImplementedError):  # a dtype without nextafter on this device
+        pass
+    return beta
 
 
 #: Output rows per band of the no-gradient pass on the CPU (``models/banded.py``), where bands
@@ -182,7 +209,7 @@ class AddUNet(DenoiserModel):
         self.out = nn.Conv2d(c, config.output_channels, 1)
         # a gate at exactly 0 could never open (softplus has no gradient there): start at 1e-4
         start = max(config.gate_init, MIN_GATE_INIT)
-        self.beta = nn.Parameter(torch.full((depth,), _inverse_softplus(start)))
+        self.beta = nn.Parameter(_beta_for([start] * depth, torch.get_default_dtype()))
         self._make_head(c)
 
     # -- gates ----------------------------------------------------------------------------------
@@ -195,9 +222,13 @@ class AddUNet(DenoiserModel):
         """Learned skip gates ``alpha_j >= 0``, one per level, shallow to deep."""
         return tuple(float(a) for a in self.gate_tensor().detach().cpu())
 
-    def _check_gates(self, values: Sequence[float] | torch.Tensor) -> list[float]:
-        if isinstance(values, str | bytes) or not (
-            isinstance(values, torch.Tensor) or hasattr(values, "__iter__")
+    def _check_gates(
+        self, values: Sequence[float] | torch.Tensor, dtype: torch.dtype | None = None
+    ) -> list[float]:
+        if (
+            isinstance(values, str | bytes)
+            or getattr(values, "ndim", None) == 0
+            or not (isinstance(values, torch.Tensor) or hasattr(values, "__iter__"))
         ):
             raise GateError(
                 f"gates must be a sequence of {self.config.depth} numbers (one per level, shallow to "
@@ -219,6 +250,9 @@ class AddUNet(DenoiserModel):
                 raise GateError(f"gate {i} must be finite, got {f}")
             if f < 0:
                 raise GateError(f"gate {i} must be non-negative (alpha = softplus(beta) >= 0), got {f}")
+            largest = torch.finfo(dtype or self.beta.dtype).max
+            if f > largest:
+                raise GateError(f"gate {i} = {f:g} does not fit in the model's numbers (largest {largest:g})")
             out.append(f)
         return out
 
@@ -231,7 +265,7 @@ class AddUNet(DenoiserModel):
         """
         vals = self._check_gates(values)
         with torch.no_grad():
-            self.beta.copy_(torch.tensor([_inverse_softplus(v) for v in vals], dtype=self.beta.dtype))
+            self.beta.copy_(_beta_for(vals, self.beta.dtype))
 
     # -- encoder / decoder -------------------------------------------------------------------------
     def _encode_padded(
@@ -347,9 +381,8 @@ class AddUNet(DenoiserModel):
         if gates is None:
             alphas = self.gate_tensor()
         else:
-            alphas = torch.tensor(
-                self._check_gates(gates), dtype=features.input.dtype, device=features.input.device
-            )
+            dtype = features.input.dtype
+            alphas = torch.tensor(self._check_gates(gates, dtype), dtype=dtype, device=features.input.device)
         image = self._decode_image(features.skips, features.bottleneck, features.input, alphas)
         logits = self.head(features.bottleneck) if self.head is not None else None
         return ModelOutput(self.crop_output(image, features.size), logits)

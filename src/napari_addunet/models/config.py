@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -169,7 +171,9 @@ def _check_field(cls: type, f: dataclasses.Field, tp: Any, value: Any) -> Any:
     if origin is tuple:
         if isinstance(value, str):
             try:
-                value = tuple(int(v) for v in value.replace("-", ",").split(",") if v.strip())
+                # "9,7,5", "9 7 5" or the schedule notation "9-7-5" (a dash between digits only)
+                parts = re.split(r"\s*,\s*|\s+|(?<=\d)-(?=\d)", value.strip())
+                value = tuple(int(v) for v in parts if v.strip())
             except ValueError as exc:
                 raise ConfigError(f"{where} must be a sequence of integers, got {value!r}") from exc
         if not isinstance(value, Sequence):
@@ -206,7 +210,7 @@ def _check_field(cls: type, f: dataclasses.Field, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         value = int(value)
     elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy reals too
             raise ConfigError(f"{where} must be a number, got {value!r}")
         value = float(value)
         if value != value:

@@ -89,13 +89,13 @@ class DnCNN(DenoiserModel):
         the values are those of the whole-map pass; the working set of a band stays in the
         CPU's caches and no whole hidden map is ever held.
         """
+        self.check_input(x)  # before reading x's shape and device: a clear error for non-tensors
         tall = x.ndim == 4 and x.shape[-2] > 2 * BAND_ROWS
         if torch.is_grad_enabled() or self.head is not None or x.device.type != "cpu" or not tall:
             return super().forward(x)
         chain = self._chain()
         if band_halo(chain) is None:  # e.g. batch norm in training mode
             return super().forward(x)
-        self.check_input(x)
         xp, size = self.pad_input(x)
         r = run_in_bands(chain, xp, BAND_ROWS)
         return ModelOutput(self.crop_output(xp - r if self.config.residual else r, size), None)
