@@ -141,7 +141,13 @@ def test_rgba_layers_keep_their_alpha(model):
     (den, _, _), (res, _, _) = result.layers
     assert den.shape == rgba.shape
     np.testing.assert_array_equal(den[..., 3], rgba[..., 3])  # alpha untouched, not denoised
-    np.testing.assert_array_equal(res[..., 3], 0)
+    # the residual shows where the input's pixels are (its alpha was 255 - 255 = 0: invisible)
+    np.testing.assert_array_equal(res[..., 3], rgba[..., 3])
+    np.testing.assert_allclose(res[..., :3], rgba[..., :3].astype(np.float32) - den[..., :3], atol=1e-4)
     np.testing.assert_allclose(
         den[..., :3], denoise(model, rgba[..., :3], axes="YXC", device="cpu"), rtol=1e-6
     )
+    # the noise estimate is of the colours: a constant alpha would pull the median to 0
+    from napari_addunet.engine.noise_estimate import estimate_sigma
+
+    assert result.record.sigma_before == pytest.approx(estimate_sigma(rgba[..., :3], "YXC"))

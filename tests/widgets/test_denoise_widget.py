@@ -72,6 +72,8 @@ def test_denoise_2d_adds_denoised_and_residual(viewer_session, add_dock, qtbot):
     assert added == ["cells [denoised] [1]", "cells [residual] [1]"]
     assert state.last_run.output_names == added
     assert viewer.layers[added[0]].metadata[METADATA_KEY]["output_names"] == added
+    # the residual keeps its own note (it was given the whole record, class bars included)
+    assert viewer.layers[added[1]].metadata[METADATA_KEY] == {"residual_of": "cells"}
     assert added[0] in widget.status.text()
 
 
@@ -343,3 +345,29 @@ def test_deleting_a_result_layer_frees_its_array(viewer_session, add_dock, qtbot
         "cells [denoised]",
         "cells [residual]",
     ]
+
+
+def test_a_layer_renamed_during_the_run_names_the_results(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    stack = viewer.add_image(_noisy((30, 64, 64)), name="cells")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    widget.residual_check.setChecked(True)
+    renamed = []
+
+    def rename_once(progress):
+        if progress.done >= 1 and not renamed:
+            renamed.append(True)
+            stack.name = "nuclei"
+
+    widget.runner.event.connect(rename_once)
+    assert widget.run()
+    _wait(qtbot, widget)
+    assert renamed and [layer.name for layer in viewer.layers] == [
+        "nuclei",
+        "nuclei [denoised]",
+        "nuclei [residual]",
+    ]
+    assert viewer.layers["nuclei [denoised]"].metadata[METADATA_KEY]["input_name"] == "nuclei"
+    assert viewer.layers["nuclei [residual]"].metadata[METADATA_KEY] == {"residual_of": "nuclei"}
+    assert state.last_run.input_name == "nuclei"

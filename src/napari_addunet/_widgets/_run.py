@@ -151,18 +151,20 @@ class LayerRun(QObject):
                 set_status(self.runner.status, message)
         elif outcome.ok:
             result = outcome.value
+            rec = result.record
+            if layer is not None and layer.name != rec.input_name:  # renamed during the run
+                _rename_outputs(result, layer.name)
             added = [self.viewer.add_image(data, **kwargs) for data, kwargs, _ in result.layers]
             self._added = [weakref.ref(layer) for layer in added]
             # the arrays now belong to the layers alone: deleting a layer frees them
             self.last_outcome = dataclasses.replace(
                 outcome, value=dataclasses.replace(result, layers=[], denoised=None, residual=None)
             )
-            rec = result.record
             names = [layer.name for layer in added]
             if names != rec.output_names:  # napari numbered a name already taken ("... [1]")
                 rec.output_names = names
-                for layer in added:
-                    layer.metadata = {**layer.metadata, METADATA_KEY: rec.metadata()}
+                # the denoised layer holds the run's record; a residual keeps its own note
+                added[0].metadata = {**added[0].metadata, METADATA_KEY: rec.metadata()}
             self.session.record_run(rec)
             text = (
                 f"Added {', '.join(rec.output_names)} in {rec.seconds:.2f} s "
@@ -174,3 +176,19 @@ class LayerRun(QObject):
                 set_status(self.runner.status, text)
         if on_done is not None:
             on_done(outcome)
+
+
+def _rename_outputs(result: Any, name: str) -> None:
+    """Name a run's outputs after the input's new name (it was renamed while the run went on)."""
+    rec = result.record
+    old = rec.input_name
+    rec.input_name = name
+    rec.output_names = [n.replace(old, name, 1) if n.startswith(old) else n for n in rec.output_names]
+    for (_, kwargs, _), new_name in zip(result.layers, rec.output_names, strict=False):
+        kwargs["name"] = new_name
+        note = kwargs.get("metadata", {}).get(METADATA_KEY, {})
+        if "residual_of" in note:
+            kwargs["metadata"] = {METADATA_KEY: {"residual_of": name}}
+        else:
+            kwargs["metadata"] = {**kwargs.get("metadata", {}), METADATA_KEY: rec.metadata()}
+

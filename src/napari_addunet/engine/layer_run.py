@@ -279,16 +279,18 @@ def iter_layer_denoise(
     )
     seconds = time.perf_counter() - t0
     denoised = np.asarray(result.denoised, dtype=np.float32)
-    if alpha is not None:
-        denoised = np.concatenate([denoised, np.asarray(alpha, dtype=np.float32)], axis=-1)
     yield Progress(1, 1, 0.0, "estimating the noise before and after")
     _stop_if_cancelled(cancel)
-    source = np.asarray(snapshot.data)
+    source = np.asarray(data)  # the colour channels of RGBA: the alpha carries no noise
     sigma_before = _sigma(source, result.axes)
     sigma_after = _sigma(denoised, result.axes)
     res = None
     if residual:
         res = source.astype(np.float32) - denoised
+    if alpha is not None:  # both results keep the input's alpha (a residual's would be 0)
+        kept = np.asarray(alpha, dtype=np.float32)
+        denoised = np.concatenate([denoised, kept], axis=-1)
+        res = np.concatenate([res, kept], axis=-1) if res is not None else None
     _stop_if_cancelled(cancel)  # the last chance: no layer is added after a cancel
     values = float(np.prod(denoised.shape)) / 1e6
     name = snapshot.name
