@@ -141,3 +141,23 @@ def test_compare_refuses_a_multiscale_layer(viewer_session, add_dock, monkeypatc
     readout, errors = _readout_comparing(viewer, add_dock, monkeypatch, "pyramid", "clean")
     assert not readout.compare()
     assert "'pyramid' is a multiscale (pyramid) image" in errors[-1] and readout.quality is None
+
+
+def test_compare_of_rgba_layers_scores_the_colours_not_the_alpha(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    rng = np.random.default_rng(4)
+    clean = np.full((48, 48, 4), 255, np.uint8)
+    clean[..., :3] = (100 + 60 * np.sin(np.arange(48) / 5.0))[None, :, None].astype(np.uint8)
+    noisy = clean.copy()
+    noisy[..., :3] = np.clip(clean[..., :3] + rng.normal(0, 10, (48, 48, 3)), 0, 255).astype(np.uint8)
+    viewer.add_image(clean, name="clean", rgb=True)
+    viewer.add_image(noisy, name="noisy", rgb=True)
+    readout = add_dock(viewer, "Readout")
+    readout.layer_combo.set_layer("noisy")
+    readout.reference_combo.set_layer("clean")
+    assert readout.compare()
+    qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
+    colours = compare(noisy[..., :3], clean[..., :3], axes="YXC")
+    with_alpha = compare(noisy, clean, rgb=True)
+    assert with_alpha.psnr > colours.psnr + 1  # the identical alpha inflated the score
+    assert readout.quality["psnr"] == pytest.approx(colours.psnr)

@@ -86,6 +86,15 @@ def axes_edit() -> QLineEdit:
     return edit
 
 
+def without_alpha(layer: Any, axes: str | None) -> Any:
+    """The layer's array without the alpha channel of an RGBA layer (denoising leaves alpha
+    alone, and it carries no noise); a view, not a copy. Typed ``axes`` keep every channel."""
+    data = layer.data
+    if axes is None and getattr(layer, "rgb", False) and data.shape[-1] == 4:
+        return data[..., :3]
+    return data
+
+
 def axes_of(edit: QLineEdit) -> str | None:
     """The axes typed in an Axes box, or None (infer them)."""
     return edit.text().strip().upper() or None

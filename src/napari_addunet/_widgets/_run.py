@@ -191,4 +191,3 @@ def _rename_outputs(result: Any, name: str) -> None:
             kwargs["metadata"] = {METADATA_KEY: {"residual_of": name}}
         else:
             kwargs["metadata"] = {**kwargs.get("metadata", {}), METADATA_KEY: rec.metadata()}
-

@@ -60,6 +60,7 @@ from ._common import (
     show_error,
     start_worker,
     status_label,
+    without_alpha,
 )
 from ._jobs import JobRunner, Outcome
 from ._plots import COLORS, PlotCanvas, legend
@@ -67,15 +68,6 @@ from ._run import LayerRun
 
 PREVIEW = "{name} [gate preview]"
 DEBOUNCE_MS = 40
-
-
-def _without_alpha(layer: Any, typed_axes: str | None) -> Any:
-    """The layer's array without the alpha channel of an RGBA layer (as Apply leaves it alone);
-    a view, not a copy."""
-    data = layer.data
-    if typed_axes is None and getattr(layer, "rgb", False) and data.shape[-1] == 4:
-        return data[..., :3]
-    return data
 
 
 def _render(preview: SlicePreview, request: PreviewRequest) -> Outcome:
@@ -383,7 +375,7 @@ class GatesWidget(QWidget):
             self._preview_error = True
             return None
         return PreviewRequest(
-            data=_without_alpha(layer, typed),
+            data=without_alpha(layer, typed),
             axes=axes,
             position=position,
             gates=self.gates(),
@@ -540,7 +532,7 @@ class GatesWidget(QWidget):
         if request is None:
             show_error("No slice to sweep: choose an image layer (2D view)")
             return False
-        ref_data = _without_alpha(reference, axes_of(self.axes_edit))
+        ref_data = without_alpha(reference, axes_of(self.axes_edit))
         if tuple(ref_data.shape) != tuple(request.data.shape):
             show_error(
                 f"The reference {reference.name!r} has shape {tuple(ref_data.shape)} but the image has "

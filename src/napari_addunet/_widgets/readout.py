@@ -47,6 +47,7 @@ from ._common import (
     set_status,
     show_error,
     status_label,
+    without_alpha,
 )
 from ._jobs import JobRunner, Outcome
 from ._plots import COLORS, PlotCanvas
@@ -227,8 +228,11 @@ class ReadoutWidget(QWidget):
             )
             return False
         names = (layer.name, reference.name)
-        data, ref, rgb = layer.data, reference.data, bool(layer.rgb)
+        rgb = bool(layer.rgb)
         axes = axes_of(self.axes_edit) or recorded_axes(layer) or recorded_axes(reference)
+        # RGBA: the colours are compared, as denoising leaves alpha alone
+        data = without_alpha(layer, axes)
+        ref = reference.data[..., :3] if data.shape != layer.data.shape else reference.data
         try:
             resolve_axes(tuple(data.shape), axes, rgb if axes is None else None)
         except AxesError as exc:
