@@ -309,3 +309,30 @@ def test_an_rgba_layer_is_previewed_without_its_alpha_as_apply_denoises_it(viewe
     applied = viewer.layers["rgba [denoised]"].data
     assert applied.shape == (40, 48, 4) and np.array_equal(applied[..., 3], rgba[..., 3])  # alpha kept
     np.testing.assert_allclose(widget.last_frame.block, applied[..., :3], rtol=1e-4, atol=1e-2)
+
+
+def test_the_preview_follows_new_data_and_data_edited_in_place(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    noisy, _ = _image()
+    image = viewer.add_image(noisy, name="noisy")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+
+    # new data assigned: the live preview is made again from them (it stayed on the old ones)
+    other, _ = _image(seed=5)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        image.data = other * 0.5
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert widget.last_frame.encode_seconds is not None
+    fresh = widget.preview_layer.data.copy()
+    # edited in place and refreshed (napari's idiom): the next slider move encodes again
+    image.data[:] = noisy[::-1]
+    image.refresh()
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        widget.sliders[2].setValue(widget.sliders[2].value() * 0.5)
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert widget.last_frame.encode_seconds is not None  # was a cached encoding of the old data
+    assert np.abs(widget.preview_layer.data - fresh).mean() > 1e-3

@@ -176,6 +176,8 @@ class GatesWidget(QWidget):
         self._pending_since: float | None = None
         self._running_since: float | None = None
         self._preview_worker: Any = None
+        self._data_version = 0  # bumped when the layer's data change: cached encodings are stale
+        self._watched: Any = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -191,6 +193,7 @@ class GatesWidget(QWidget):
         self.sweep_button.clicked.connect(self.sweep)
         self.sweep_gate_combo.currentIndexChanged.connect(self._on_sweep_gate)
         self.layer_combo.layer_changed.connect(self._on_layer)
+        self.layer_combo.data_changed.connect(self._on_data_changed)
         self.axes_edit.editingFinished.connect(self._on_layer)
         self.live_check.toggled.connect(self._on_live)
         for runner in (self.runner, self.sweep_runner):
@@ -203,6 +206,7 @@ class GatesWidget(QWidget):
         self._unsubscribe = self.session.subscribe(self._on_session)
         call_when_destroyed(self, self._unsubscribe)
         self._build_sliders()
+        self._watch(self.layer_combo.layer())
 
     # -- model and sliders ------------------------------------------------------------------------
     def _build_sliders(self) -> None:
@@ -313,8 +317,34 @@ class GatesWidget(QWidget):
             self.request_preview()
 
     def _on_layer(self, *_: Any) -> None:
+        self._watch(self.layer_combo.layer())
         self._drop_preview_layer()
         self._preview_if_live()
+
+    def _watch(self, layer: Any) -> None:
+        """Follow refreshes of the chosen layer (napari's way to show data edited in place)."""
+        if layer is self._watched:
+            return
+        if self._watched is not None:
+            self._watched.events.set_data.disconnect(self._on_refreshed)
+        self._watched = layer
+        if layer is not None:
+            layer.events.set_data.connect(self._on_refreshed)
+
+    def _on_refreshed(self, *_: Any) -> None:
+        # the data may have been edited in place: the next preview encodes the slice again
+        self._data_version += 1
+
+    def _on_data_changed(self, *_: Any) -> None:
+        """New data in the chosen layer: preview them (live) or drop the stale preview."""
+        if is_deleted(self):
+            return
+        self._data_version += 1
+        if self.live_check.isChecked():
+            if self.preview_layer is not None or self.preview_busy:
+                self._timer.start()
+        else:
+            self._drop_preview_layer()
 
     def _preview_if_live(self) -> None:
         """Schedule a preview when live preview is on and there is something to preview."""
@@ -381,7 +411,7 @@ class GatesWidget(QWidget):
             gates=self.gates(),
             center=center,
             max_side=DEFAULT_MAX_SIDE,
-            data_key=(id(layer), id(layer.data)),
+            data_key=(id(layer), id(layer.data), self._data_version),
         )
 
     def request_preview(self) -> bool:
