@@ -531,3 +531,49 @@ def test_ambiguous_axes_message_reads_as_sentences():
 def test_a_ragged_list_is_refused_clearly(model):
     with pytest.raises(TypeError, match="nested list that is not a rectangular array"):
         denoise(model, [[1.0, 2.0], [3.0]], device="cpu")
+
+
+def test_sparse_spots_on_a_flat_background_are_mapped_by_their_minimum_and_maximum(identity):
+    x = np.zeros((128, 128), np.uint16)
+    rng = np.random.default_rng(6)
+    spots = tuple(rng.integers(0, 128, (2, 10)))
+    x[spots] = 40000  # under 0.1 % of the pixels: the 0.1 and 99.9 percentiles are both 0
+    result = denoise(identity, x, device="cpu")
+    np.testing.assert_allclose(result, x, atol=0.05)
+    from napari_addunet.engine.normalization import percentile_bounds
+
+    assert percentile_bounds(x.astype(float).ravel(), 0.1, 99.9) == (0.0, 40000.0)  # was a scale of 1
+
+
+def test_big_endian_float64_is_computed_as_float64(model):
+    from napari_addunet.engine.normalization import work_dtype
+
+    assert work_dtype(np.dtype(">f8")) is np.float64  # was float32
+    big = (np.random.default_rng(4).random((16, 16)) * 1e39).astype(">f8")
+    with pytest.raises(NormalizationError, match="beyond float32's range"):  # was silently NaN
+        denoise(model, big, device="cpu")
+
+
+def test_a_lazy_result_uses_the_model_as_it_was_when_asked(model):
+    import dask.array as da
+
+    from napari_addunet import create_model as make
+
+    torch.manual_seed(0)
+    bn = make("dncnn", depth=3, width=4, batch_norm=True)
+    with torch.no_grad():
+        for m in bn.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.fill_(0.3)
+                m.running_var.fill_(4.0)
+    stack = da.from_array(np.random.default_rng(7).random((2, 32, 32)).astype(np.float32), chunks=(1, 32, 32))
+    expected = denoise(bn, stack.compute(), axes="ZYX", device="cpu")
+    lazy = denoise(bn, stack, axes="ZYX", device="cpu", lazy=True)
+    bn.train()  # later changes to the model do not reach the blocks computed afterwards
+    np.testing.assert_allclose(lazy.compute(), expected, atol=1e-6)
+
+
+def test_a_bfloat16_tensor_is_read_as_float32(model):
+    x = torch.rand(24, 24)
+    out = denoise(model, x.to(torch.bfloat16), device="cpu")
+    np.testing.assert_allclose(out, denoise(model, x.to(torch.bfloat16).float().numpy(), device="cpu"))

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .noisy_percentiles import SAMPLE, pixel_sample
-from .normalization import check_dtype, parse_normalization
+from .normalization import check_dtype, parse_normalization, percentile_bounds
 
 Mode = Literal["supervised", "noise2void", "pairs"]
 MODES: tuple[str, ...] = ("supervised", "noise2void", "pairs")
@@ -174,8 +174,8 @@ def _affine(arr: np.ndarray, spec: dict[str, Any]) -> tuple[float, float]:
         return 0.0, 1.0
     if method == "range":
         return float(spec["low"]), float(spec["high"]) - float(spec["low"])
-    lo, hi = np.percentile(arr.astype(np.float64, copy=False), [spec["low"], spec["high"]])
-    return float(lo), float(hi - lo) if hi > lo else 1.0
+    lo, hi = percentile_bounds(arr.astype(np.float64, copy=False), spec["low"], spec["high"])
+    return lo, hi - lo if hi > lo else 1.0
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:

@@ -13,6 +13,7 @@ returned either way.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import threading
@@ -150,7 +151,10 @@ def _as_array(data: Any) -> Any:
     if isinstance(data, np.ndarray) or is_dask_array(data):
         return data
     if isinstance(data, torch.Tensor):
-        return data.detach().cpu().numpy()
+        tensor = data.detach().cpu()
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            tensor = tensor.float()
+        return tensor.numpy()
     if all(hasattr(data, a) for a in ("shape", "dtype", "ndim", "__getitem__")):
         return data  # zarr, h5py and other lazily indexed arrays
     if isinstance(data, (list, tuple)):
@@ -349,7 +353,10 @@ def iter_denoise(
     if lazy is None:
         lazy = dask_input and not classify
     if lazy and classify:
-        raise ValueError("classify=True computes the result now; pass lazy=False (or leave lazy unset)")
+        raise ValueError(
+            "a lazy result cannot classify (class probabilities are computed now, for every plane): "
+            "pass classify=False with lazy=True, or lazy=False"
+        )
     if out is not None:
         _check_out(out, shape, lazy)
 
@@ -452,6 +459,9 @@ def iter_denoise(
     class_names = list(model.class_names) if want_classes else None
 
     if lazy:
+        # the blocks run later: they use the model as it is now, not as it may be by then
+        # (trained on, switched to training mode, gates moved)
+        settings = dataclasses.replace(settings, model=copy.deepcopy(model).eval())
         source = data
         if not dask_input:
             source = lazy_source(data, tuple(1 if a in "TZ" else -1 for a in ax))

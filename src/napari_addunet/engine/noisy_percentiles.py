@@ -123,9 +123,13 @@ class NoisyPercentiles:
             y = y + (sigma / 255.0) * rng.standard_normal(x.shape)
         lo_c, hi_c = self.clean[g]
         lo_n, hi_n = np.percentile(y, [self.low, self.high])
-        # the change of the sample's percentiles, applied to the image's (0 and 1 here)
-        lo, hi = float(lo_n - lo_c), 1.0 + float(hi_n - hi_c)
-        return lo, (hi - lo) if hi > lo else 1.0
+        if hi_c > lo_c:  # the change of the sample's percentiles, applied to the image's (0 and 1)
+            lo, hi = float(lo_n - lo_c), 1.0 + float(hi_n - hi_c)
+        else:  # the clean image was mapped by its minimum and maximum (its percentiles coincide)
+            lo, hi = float(lo_n), float(hi_n)
+        if hi <= lo:  # no spread even with the noise: inference maps by the minimum and maximum
+            return 0.0, 1.0
+        return lo, hi - lo
 
     def batch(
         self, planes: Sequence[int], sigma: torch.Tensor, photons: torch.Tensor | None

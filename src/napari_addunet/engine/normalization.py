@@ -85,8 +85,8 @@ def check_dtype(dtype: Any) -> np.dtype:
 def work_dtype(dtype: np.dtype) -> type[np.floating]:
     """float64 for float64 and integers wider than 16 bits (exact), float32 otherwise."""
     dt = np.dtype(dtype)
-    if dt == np.float64 or (dt.kind in "ui" and dt.itemsize > 2) or dt.itemsize > 8:
-        return np.float64
+    if (dt.kind == "f" and dt.itemsize >= 8) or (dt.kind in "ui" and dt.itemsize > 2):
+        return np.float64  # (any byte order: a big-endian float64 is float64 too)
     return np.float32
 
 
@@ -271,6 +271,16 @@ def read_sample(data: Any, layout: PlaneLayout, budget: int = SAMPLE_SIZE) -> li
     return samples
 
 
+def percentile_bounds(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The ``low`` and ``high`` percentiles of finite ``values``; the minimum and maximum when
+    those coincide (fewer than ``100 - high`` percent of the values stand out: sparse spots on
+    a flat background, a mostly saturated frame), so that the spots still map into [0, 1]."""
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if hi <= lo:
+        lo, hi = float(np.min(values)), float(np.max(values))
+    return lo, hi
+
+
 def _is_dask(data: Any) -> bool:
     return type(data).__module__.startswith("dask.") and hasattr(data, "dask")
 
@@ -309,6 +319,7 @@ def compute_normalizer(
         return Normalizer("none", (0.0,) * groups, (1.0,) * groups, fill)
     if cfg["method"] == "range":
         low, high = cfg["low"], cfg["high"]
+        defaulted = [n for n in ("low", "high") if cfg[n] is None]
         if low is None or high is None:
             if dtype.kind in "ui":
                 info = np.iinfo(dtype)
@@ -318,12 +329,18 @@ def compute_normalizer(
             low = dlow if low is None else low
             high = dhigh if high is None else high
         if not low < high:
-            raise NormalizationError(f"range normalization needs low < high, got low={low}, high={high}")
+            note = (
+                f" ({' and '.join(defaulted)} not given: the {dtype} range, 0..1 for floats, was used)"
+                if defaulted
+                else ""
+            )
+            raise NormalizationError(
+                f"range normalization needs low < high, got low={low}, high={high}{note}"
+            )
         return Normalizer("range", (low,) * groups, (high - low,) * groups, fill)
     offsets, scales = [], []
     for f in finite:
-        lo, hi = np.percentile(f, [cfg["low"], cfg["high"]])
-        lo, hi = float(lo), float(hi)
+        lo, hi = percentile_bounds(f, cfg["low"], cfg["high"])
         offsets.append(lo)
         # A constant image has no spread: shift only, so the output is still exact.
         scales.append(hi - lo if hi > lo else 1.0)

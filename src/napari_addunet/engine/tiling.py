@@ -47,8 +47,8 @@ MIN_TILE = 32
 CPU_TILE_BUDGET = 1024 * 2**20
 """Estimated bytes of activations one CPU tile may use (:func:`estimate_bytes_per_pixel`).
 
-About 960 x 960 px for the bundled denoiser (a 1024 x 1024 plane runs as two strips) and
-1168 x 1168 px for the default AddUNet. The estimate matched the real growth of the resident
+About 1280 x 1280 px for the bundled denoiser (a 1024 x 1024 plane runs as one tile) and
+1168 x 1168 px for the default AddUNet (``default_tile_size`` on the CPU). The estimate matched the real growth of the resident
 set in the engine's layout (``benchmarks/activation_memory.py``), so a tile adds about 1 GiB
 at most; up to 1.5x that in the contiguous layout."""
 MPS_TILE_BUDGET = 1024 * 2**20
