@@ -336,3 +336,32 @@ def test_the_preview_follows_new_data_and_data_edited_in_place(viewer_session, a
     qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
     assert widget.last_frame.encode_seconds is not None  # was a cached encoding of the old data
     assert np.abs(widget.preview_layer.data - fresh).mean() > 1e-3
+
+
+def test_the_preview_is_of_the_slice_on_screen_when_layers_have_other_units(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    rng = np.random.default_rng(0)
+    um = viewer.add_image(rng.random((20, 64, 64)).astype(np.float32), name="um stack", units="um")
+    viewer.add_image(
+        rng.random((20, 64, 64)).astype(np.float32), name="nm stack", units="nm", scale=(500, 1000, 1000)
+    )
+    viewer.dims.set_current_step(0, 6)
+    shown = int(round(um._slicing_state.data_slice.point[0]))  # the slice napari draws
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(um)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert widget.last_frame.position == {"Z": shown}  # was read in the wrong units: Z 19
+
+
+def test_axes_typed_for_an_rgb_layer_that_do_not_fit_are_explained(viewer_session, add_dock):
+    viewer, _ = viewer_session
+    rgb = viewer.add_image(
+        np.random.default_rng(1).random((64, 64, 3)).astype(np.float32), name="photo", rgb=True
+    )
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(rgb)
+    widget.axes_edit.setText("ZYX")
+    assert not widget.request_preview()  # was an IndexError out of a Qt slot
+    assert "end the axes with C" in widget.status.text()

@@ -161,3 +161,18 @@ def test_compare_of_rgba_layers_scores_the_colours_not_the_alpha(viewer_session,
     with_alpha = compare(noisy, clean, rgb=True)
     assert with_alpha.psnr > colours.psnr + 1  # the identical alpha inflated the score
     assert readout.quality["psnr"] == pytest.approx(colours.psnr)
+
+
+def test_world_points_are_read_in_each_layers_units(viewer_session):
+    from napari_addunet._widgets._common import layer_world_point
+
+    viewer, _ = viewer_session
+    rng = np.random.default_rng(0)
+    um = viewer.add_image(rng.random((20, 16, 16)).astype(np.float32), name="um", units="um")
+    nm = viewer.add_image(
+        rng.random((20, 16, 16)).astype(np.float32), name="nm", units="nm", scale=(500, 1000, 1000)
+    )
+    viewer.dims.set_current_step(0, 6)
+    for layer in (um, nm):  # the slice the probabilities and the preview read is the one drawn
+        index = layer.world_to_data(layer_world_point(viewer, layer, viewer.dims.point))
+        assert round(index[0]) == round(layer._slicing_state.data_slice.point[0])

@@ -86,6 +86,30 @@ def axes_edit() -> QLineEdit:
     return edit
 
 
+def layer_world_point(viewer: Any, layer: Any, point: Any) -> list[float]:
+    """A world point of the viewer in the layer's own units, ready for ``layer.world_to_data``.
+
+    With layers in different units (e.g. a stack in um beside one in nm), napari's world
+    coordinates are in the viewer's units, and ``world_to_data`` alone would read them in
+    the layer's: napari slices with the ratio of the two, and so does this.
+    """
+    out = [float(v) for v in point]
+    world_units = getattr(viewer.dims, "units", None)
+    layer_units = getattr(layer, "units", None)
+    if not world_units or not layer_units or len(world_units) < len(layer_units):
+        return out
+    offset = len(out) - len(layer_units)
+    for i, (w, u) in enumerate(zip(tuple(world_units)[-len(layer_units) :], layer_units, strict=True)):
+        if offset + i < 0:
+            continue
+        try:
+            factor = float((1 * w).to(u).magnitude)
+        except Exception:  # units of other kinds (pixels beside micrometres): napari keeps them as they are
+            continue
+        out[offset + i] *= factor
+    return out
+
+
 def without_alpha(layer: Any, axes: str | None) -> Any:
     """The layer's array without the alpha channel of an RGBA layer (denoising leaves alpha
     alone, and it carries no noise); a view, not a copy. Typed ``axes`` keep every channel."""

@@ -55,6 +55,7 @@ from ._common import (
     call_when_destroyed,
     camera_of,
     is_deleted,
+    layer_world_point,
     real_viewer,
     set_status,
     show_error,
@@ -371,11 +372,18 @@ class GatesWidget(QWidget):
         if dims.ndisplay != 2:
             raise ValueError("the gate preview works in the 2D view; switch the viewer to 2D")
         spatial = axes[:-1] if layer.rgb and axes.endswith("C") else axes
+        if len(spatial) != layer.ndim:
+            colour = " plus its colour channels (end the axes with C, e.g. YXC)" if layer.rgb else ""
+            raise ValueError(
+                f"the axes {axes} do not fit {layer.name!r}: napari shows it with {layer.ndim} "
+                f"dimensions{colour}"
+            )
         world = list(dims.point)
         center = list(camera_of(self.viewer).center)[-len(dims.displayed) :]
         for d, c in zip(dims.displayed, center, strict=True):
             world[d] = c
-        point = np.asarray(layer.world_to_data(world), dtype=float)[-len(spatial) :]
+        point = np.asarray(layer.world_to_data(layer_world_point(self.viewer, layer, world)), dtype=float)
+        point = point[-len(spatial) :]
         offset = dims.ndim - len(spatial)
         shown = {spatial[d - offset] for d in dims.displayed if d - offset >= 0}
         if shown != {"Y", "X"}:
@@ -543,7 +551,11 @@ class GatesWidget(QWidget):
     def apply(self) -> bool:
         """Denoise the whole chosen layer with the slider gates (a new ``[denoised]`` layer)."""
         if not self.sliders:
-            show_error("The active model has no skip gates")
+            show_error(
+                "No active model: load one in Denoise & classify, or train one"
+                if self.session.model is None
+                else "The active model has no skip gates; gates belong to AddUNet models"
+            )
             return False
         return self.apply_control.start(
             self.layer_combo.layer(),
