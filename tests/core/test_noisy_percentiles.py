@@ -29,7 +29,7 @@ def test_gaussian_estimate_matches_the_percentiles_of_a_really_noisy_image():
     raw = counts(skdata.camera())
     data = clean_data([raw])
     assert data.normalization["method"] == "percentile"
-    est = NoisyPercentiles(data.pixel_samples, 0.1, 99.9, "gaussian")
+    est = NoisyPercentiles(data.pixel_samples, data.percentile_points, 0.1, 99.9, "gaussian")
     lo, hi = np.percentile(raw, [0.1, 99.9])
     for sigma in (15, 25, 50):
         noisy = raw + sigma / 255 * (hi - lo) * np.random.default_rng(sigma).standard_normal(raw.shape)
@@ -43,7 +43,7 @@ def test_gaussian_estimate_matches_the_percentiles_of_a_really_noisy_image():
 def test_poisson_gaussian_estimate_matches_a_really_noisy_image():
     raw = counts(skdata.moon(), 0, 4000)
     data = clean_data([raw])
-    est = NoisyPercentiles(data.pixel_samples, 0.1, 99.9, "poisson_gaussian")
+    est = NoisyPercentiles(data.pixel_samples, data.percentile_points, 0.1, 99.9, "poisson_gaussian")
     lo, hi = np.percentile(raw, [0.1, 99.9])
     x = (raw - lo) / (hi - lo)
     rng = np.random.default_rng(3)
@@ -58,7 +58,7 @@ def test_poisson_gaussian_estimate_matches_a_really_noisy_image():
 
 def test_no_noise_changes_nothing_and_sigmas_between_whole_ones_interpolate():
     data = clean_data([counts(skdata.camera())])
-    est = NoisyPercentiles(data.pixel_samples, 0.1, 99.9, "gaussian")
+    est = NoisyPercentiles(data.pixel_samples, data.percentile_points, 0.1, 99.9, "gaussian")
     assert est.affine(0, 0.0) == (0.0, 1.0)
     a, b, mid = est.affine(0, 20.0), est.affine(0, 21.0), est.affine(0, 20.25)
     assert mid[0] == pytest.approx(0.75 * a[0] + 0.25 * b[0])
@@ -74,7 +74,7 @@ def test_planes_share_their_stack_estimate_and_channels_get_their_own():
     s = data.pixel_samples
     assert len(s) == 7 and all(s[i] is s[0] for i in range(5))
     assert s[5] is not s[6]
-    est = NoisyPercentiles(s, 0.1, 99.9, "gaussian")
+    est = NoisyPercentiles(s, data.percentile_points, 0.1, 99.9, "gaussian")
     assert len(est.images) == 3
     assert est.affine(0, 30) == est.affine(4, 30)
     # a subset (a validation split) keeps each plane's sample
@@ -87,14 +87,22 @@ def test_samples_only_where_percentiles_meet_synthetic_noise():
     assert eight_bit.normalization["method"] == "range" and eight_bit.pixel_samples is None
     assert noisy_data([counts(skdata.camera())]).pixel_samples is None
     small = clean_data([counts(skdata.camera()[:128, :128])])
-    assert small.pixel_samples[0] is small.inputs[0]  # a small image is its own sample
+    assert small.pixel_samples[0].values is small.inputs[0]  # a small image is its own sample
     big = np.zeros((600, 600), np.uint16)
-    assert pixel_sample(big).size == SAMPLE and pixel_sample(big[:100]).size == 60000
+    assert pixel_sample(big).values.size == SAMPLE and pixel_sample(big[:100]).values.size == 60000
+    # a large image: every pixel of its tails, and a weighted sample of the rest
+    spots = np.zeros((600, 600), np.uint16)
+    spots.flat[::997] = 500  # 362 bright pixels, 0.1 %
+    sample = pixel_sample(spots)
+    assert (sample.values == 500).sum() == 362 and sample.weights[sample.values == 500].tolist() == [
+        1.0
+    ] * 362
+    assert sample.weights.sum() == pytest.approx(spots.size)
 
 
 def test_unknown_noise_kind_is_refused():
     with pytest.raises(ValueError, match="noise model 'none'"):
-        NoisyPercentiles([np.zeros(4)], 0.1, 99.9, "none")
+        NoisyPercentiles([np.zeros(4)], [(0.0, 1.0)], 0.1, 99.9, "none")
 
 
 def test_degrade_with_levels_draws_exactly_what_degrade_draws():
@@ -105,3 +113,22 @@ def test_degrade_with_levels_draws_exactly_what_degrade_draws():
         torch.testing.assert_close(plain, noisy, rtol=0, atol=0)
         assert sigma.shape == (4,) and ((sigma >= 5) & (sigma <= 50)).all() or model.kind != "gaussian"
         assert (photons is None) == (model.kind == "gaussian")
+
+
+@pytest.mark.parametrize("spots", [240, 300])  # about 0.1 % of the pixels: either side of the switch
+def test_a_large_sparse_image_is_estimated_with_the_mapping_its_pixels_got(spots):
+    from napari_addunet.engine.normalization import percentile_bounds
+
+    raw = np.zeros((512, 512), np.uint16)
+    rng = np.random.default_rng(9)
+    raw.flat[rng.choice(raw.size, spots, replace=False)] = 40000
+    data = clean_data([raw])
+    est = NoisyPercentiles(data.pixel_samples, data.percentile_points, 0.1, 99.9, "gaussian")
+    lo, hi = percentile_bounds(raw.astype(np.float64).ravel(), 0.1, 99.9)  # how the clean one was mapped
+    for sigma in (5, 25):
+        noisy = raw + sigma / 255 * (hi - lo) * np.random.default_rng(sigma).standard_normal(raw.shape)
+        n_lo, n_hi = percentile_bounds(noisy.ravel(), 0.1, 99.9)  # how inference maps the noisy one
+        got_lo, got_scale = est.affine(0, sigma)
+        # the sample's own percentiles picked the other mapping: scales 8 times too wide
+        assert got_lo == pytest.approx((n_lo - lo) / (hi - lo), abs=0.02)
+        assert got_scale == pytest.approx((n_hi - n_lo) / (hi - lo), rel=0.1)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .noisy_percentiles import SAMPLE, pixel_sample
+from .noisy_percentiles import SAMPLE, PixelSample, pixel_sample
 from .normalization import check_dtype, parse_normalization, percentile_bounds
 
 Mode = Literal["supervised", "noise2void", "pairs"]
@@ -178,6 +178,12 @@ def _affine(arr: np.ndarray, spec: dict[str, Any]) -> tuple[float, float]:
     return lo, hi - lo if hi > lo else 1.0
 
 
+def _points(arr: np.ndarray, spec: dict[str, Any], offset: float, scale: float) -> tuple[float, float]:
+    """The percentiles of ``arr`` in normalised units (0 and 1 unless they coincide)."""
+    lo, hi = np.percentile(arr.astype(np.float64, copy=False), [spec["low"], spec["high"]])
+    return (float(lo) - offset) / scale, (float(hi) - offset) / scale
+
+
 def _check_finite(arr: np.ndarray, name: str) -> None:
     if arr.dtype.kind != "f":
         return
@@ -233,6 +239,10 @@ class TrainingData:
         normalised pixels its percentiles were taken over (one array shared by the planes of a
         stack), from which training estimates the percentiles the noisy image would have
         (:mod:`~napari_addunet.engine.noisy_percentiles`); None otherwise.
+    percentile_points
+        With ``pixel_samples``: the low and high percentiles of each plane's image (or
+        stack) in normalised units, from all its pixels: ``(0, 1)``, or the value both take
+        when they coincide and the image was mapped by its minimum and maximum.
     """
 
     mode: Mode
@@ -244,7 +254,8 @@ class TrainingData:
     names: list[str] = dataclasses.field(default_factory=list)
     sources: list[str] = dataclasses.field(default_factory=list)
     normalization: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "none"})
-    pixel_samples: list[np.ndarray] | None = None
+    pixel_samples: list[PixelSample] | None = None
+    percentile_points: list[tuple[float, float]] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -269,6 +280,9 @@ class TrainingData:
             sources=[self.sources[g] for g in used] if self.sources else [],
             normalization=dict(self.normalization),
             pixel_samples=None if self.pixel_samples is None else [self.pixel_samples[i] for i in idx],
+            percentile_points=None
+            if self.percentile_points is None
+            else [self.percentile_points[i] for i in idx],
         )
 
     def check_patch_size(self, patch_size: int) -> None:
@@ -521,7 +535,10 @@ def _build(
     groups: list[int] = []
     names: list[str] = []
     # clean images by percentiles: keep what training needs to map them as the noisy ones will be
-    samples: list[np.ndarray] | None = [] if mode == "supervised" and norm["method"] == "percentile" else None
+    samples: list[PixelSample] | None = (
+        [] if mode == "supervised" and norm["method"] == "percentile" else None
+    )
+    points: list[tuple[float, float]] = []
     for g, s in enumerate(sources):
         _check_finite(s.array, s.name)
         offset, scale = _affine(s.array, norm)
@@ -534,18 +551,20 @@ def _build(
             _check_finite(target_sources[g].array, f"the target of {s.name}")
         shared = None  # a stack's percentiles are the whole stack's
         if samples is not None and s.array.ndim == 3 and not apart:
-            shared = ((pixel_sample(s.array, g) - offset) / scale).astype(np.float32)
+            shared = pixel_sample(s.array, g).mapped(offset, scale)
+        whole = _points(s.array, norm, offset, scale) if samples is not None and not apart else None
         for i, (name, plane) in enumerate(planes):
             if apart:
                 offset, scale = _affine(plane, norm)
             inputs.append(((plane.astype(np.float64) - offset) / scale).astype(np.float32))
             if samples is not None:
+                points.append(whole if whole is not None else _points(plane, norm, offset, scale))
                 if shared is not None:
                     samples.append(shared)
                 elif plane.size <= SAMPLE:  # a small image is its own sample
-                    samples.append(inputs[-1])
+                    samples.append(PixelSample(inputs[-1]))
                 else:
-                    samples.append(((pixel_sample(plane, g) - offset) / scale).astype(np.float32))
+                    samples.append(pixel_sample(plane, g).mapped(offset, scale))
             if tplanes is not None:
                 outs.append(((tplanes[i][1].astype(np.float64) - offset) / scale).astype(np.float32))
             groups.append(g)
@@ -563,6 +582,7 @@ def _build(
         sources=[s.name for s in sources],
         normalization=norm,
         pixel_samples=samples,
+        percentile_points=points if samples is not None else None,
     )
 
 

@@ -26,6 +26,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,7 @@ _LINEAGE_KEYS = (
     "data_description",
     "started_from",
     "resumed_with",
+    "best_resets",
     "transformed",
 )
 
@@ -248,6 +250,26 @@ def _in_clean_units(x: torch.Tensor, to_clean: tuple[torch.Tensor, torch.Tensor]
     return x * scale + lo
 
 
+JUDGING_SETTINGS = (
+    "patch_size",
+    "noise",
+    "sigma_min",
+    "sigma_max",
+    "photons_min",
+    "photons_max",
+    "blur",
+    "blur_size",
+    "blur_sigma_min",
+    "blur_sigma_max",
+    "mask_fraction",
+    "mask_radius",
+    "loss",
+    "lambda_cls",
+    "denoise_weight",
+)
+"""Training settings that change what the validation value measures (see resume)."""
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -286,8 +308,10 @@ class _Run:
         earlier = self._earlier_command()
         self.command = earlier or command or "napari_addunet.train(...)"
         self.resumed_with: list[str] = []
+        self.best_resets: list[dict[str, Any]] = []
         if self.state_in is not None:
             self.resumed_with = list(loads(self.state_in.get("resumed_with", "[]")))
+            self.best_resets = list(loads(self.state_in.get("best_resets", "[]")))
             if command and earlier:
                 self.resumed_with.append(command)
         self.t_start = time.perf_counter()
@@ -365,9 +389,11 @@ class _Run:
         self.renorm = self._noisy_percentiles(self.train_data)
         self.val_renorm = self._noisy_percentiles(self.val_data)
 
-        # model (seeded, so a model built here is repeatable)
-        torch.manual_seed(_seed(cfg.seed, self.rank, 0))
+        # model (seeded, so a model built here is repeatable; the same on every process, so a
+        # weight average starts alike everywhere), then each process's own stream for dropout
+        torch.manual_seed(_seed(cfg.seed, 0, 0))
         self.model = self._model(model, data, model_settings).to(self.device)
+        torch.manual_seed(_seed(cfg.seed, self.rank, 0))
         if not self.ctx.enabled:  # DDP's gradient buckets expect the default layout
             use_fast_layout(self.model, self.device)
         if self.state_in is not None:
@@ -457,6 +483,22 @@ class _Run:
                 f"on {before.val_patches} validation patches; keep that number"
             )
 
+    def _reset_best_if_judged_otherwise(self, earlier: Mapping[str, Any]) -> None:
+        """Settings that change what validation measures (noise, patches, loss) make the best
+        value so far incomparable: the resumed run chooses its best model anew, and says so."""
+        changed = [k for k in JUDGING_SETTINGS if k in earlier and earlier[k] != getattr(self.cfg, k)]
+        if not changed or self.best is None:
+            return
+        self.best_resets.append(
+            {"step": self.step, "changed": changed, "earlier_best": dataclasses.asdict(self.best)}
+        )
+        self.best, self.since_best = None, 0
+        warnings.warn(
+            f"resuming with other {', '.join(changed)}: validation now measures something else, so "
+            f"the best model is chosen anew from step {self.step} (the earlier best is recorded)",
+            stacklevel=3,
+        )
+
     def _earlier_command(self) -> str | None:
         """A resumed run keeps the command of the run it continues."""
         return None if self.state_in is None else self.state_in.get("command")
@@ -522,6 +564,8 @@ class _Run:
         self.best_saved = bool(state.get("best_saved", False))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.param_groups[0]["weight_decay"] = self.cfg.weight_decay  # a resume may change it
+        self._reset_best_if_judged_otherwise(loads(state["config"]))
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
         rng = state["rng"]
@@ -556,7 +600,9 @@ class _Run:
         if data is None or self.noise is None or self.noise.kind == "none" or data.pixel_samples is None:
             return None
         norm = data.normalization
-        return NoisyPercentiles(data.pixel_samples, norm["low"], norm["high"], self.noise.kind)
+        return NoisyPercentiles(
+            data.pixel_samples, data.percentile_points, norm["low"], norm["high"], self.noise.kind
+        )
 
     def _degrade(
         self, clean: torch.Tensor, planes: Any, renorm: NoisyPercentiles | None, gen: torch.Generator
@@ -755,6 +801,8 @@ class _Run:
         }
         if self.resumed_with:
             training["resumed_with"] = list(self.resumed_with)
+        if self.best_resets:
+            training["best_resets"] = list(self.best_resets)
         if self.started_from is not None:
             training["started_from"] = self.started_from
         meta: dict[str, Any] = {"normalization": dict(self.train_data.normalization), "training": training}
@@ -801,6 +849,7 @@ class _Run:
             "started_from": dumps(self.started_from),
             "command": self.command,
             "resumed_with": dumps(self.resumed_with),
+            "best_resets": dumps(self.best_resets),
             "config": dumps(self.cfg.to_dict()),
             "data": dumps(
                 {
@@ -925,6 +974,11 @@ class _Run:
                 parts, psnr, ssim, acc = self._validate()
                 self.val_time = time.perf_counter() - t0
                 metric, value = "val_loss", parts.total
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"the validation loss became {value} at epoch {self.epoch + 1}: lower the learning "
+                        "rate or check the validation data"
+                    )
             else:
                 parts = psnr = ssim = acc = None
                 metric, value = "train_loss", train.total
@@ -1068,8 +1122,9 @@ def train_events(
     -------
     Generator
         Yields :mod:`~napari_addunet.engine.training_events`; its return value (the
-        ``StopIteration.value``) is a :class:`TrainingResult`. Closing it stops the run
-        and still writes the files.
+        ``StopIteration.value``) is a :class:`TrainingResult`. Closing it once it has
+        started stops the run and still writes the files; closed before the first ``next()``,
+        nothing ran and nothing is written.
 
     Raises
     ------

@@ -15,7 +15,7 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class LossParts:
-    """The parts of the objective ``total = denoise + lambda * classify``.
+    """The parts of the objective ``total = denoise_weight * denoise + lambda * classify``.
 
     ``classify`` is the unweighted cross-entropy (0 without labels).
     """
@@ -114,8 +114,9 @@ class ValidationDone:
         Validation objective (same parts as training; for blind-spot training, the loss on
         masked pixels).
     psnr, ssim
-        Of the clipped output against the clean (or target) patches, on ``[0, 1]``; None
-        for blind-spot training, which has no reference.
+        Of the output (not clipped) against the clean (or target) patches, in the clean
+        image's normalised units with a data range of 1; None for blind-spot training,
+        which has no reference.
     input_psnr, input_ssim
         The same for the network's input: what denoising has to beat.
     accuracy
