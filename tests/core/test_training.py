@@ -714,3 +714,30 @@ def test_clean_16_bit_data_train_on_pairs_mapped_as_inference_maps_the_noisy_ima
     # validation metrics stay in the clean image's units: the noisy input is at sigma 25
     assert result.history[0]["val_input_psnr"] == pytest.approx(20 * np.log10(255 / 25), abs=0.3)
     assert "percentiles" in result.model.metadata["training"]["noise"]
+
+
+def test_a_resume_honours_weight_decay_and_chooses_the_best_anew_when_validation_changes(tmp_path):
+    part = tmp_path / "part.safetensors"
+    stop_at_step_7(part)
+    assert load_state(part)["best"] != "null"
+    with pytest.warns(UserWarning, match="other sigma_max: validation now measures something else"):
+        result = train(small_data(), resume=part, config=dict(SMALL, weight_decay=0.5, sigma_max=40))
+    state = load_state(part)
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.5  # the saved 1e-4 came back
+    resets = result.model.metadata["training"]["best_resets"]
+    assert resets[0]["step"] == 7 and resets[0]["changed"] == ["sigma_max"]
+    assert result.best.step == 10  # chosen among the epochs judged the new way only
+
+
+def test_a_non_finite_validation_loss_stops_the_run_with_a_message(monkeypatch):
+    from napari_addunet.engine import training as training_module
+
+    real = training_module._Run._validate
+
+    def broken(self):
+        parts, psnr, ssim, acc = real(self)
+        return LossParts(parts.denoise, parts.classify, float("nan")), psnr, ssim, acc
+
+    monkeypatch.setattr(training_module._Run, "_validate", broken)
+    with pytest.raises(TrainingError, match="validation loss became nan at epoch 1"):
+        train(small_data(), tiny(), SMALL)  # the best stayed NaN and never improved
