@@ -227,7 +227,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
             )
             if hasattr(result, "compute"):
                 result = result.compute()
-            write_image(dst, result, image, overwrite=args.overwrite)
+            write_image(dst, result, image, overwrite=args.overwrite, axes=axes)
         except (
             CliError,
             ValueError,

@@ -518,3 +518,42 @@ def test_a_zarr_group_for_a_png_output_gets_the_readers_message(tiny_model, tmp_
     zarr.open_group(str(group), mode="w")
     assert main(["-q", "denoise", str(group), "-o", str(tmp_path / "o.png"), "-m", str(tiny_model)]) == 2
     assert "a zarr group, not an array; point at the array inside it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["imagej-without-unit", "plain-with-axes-option", "plain-with-channel-axes"])
+def test_tiff_results_keep_their_stack_axes_and_never_become_rgb(tiny_model, tmp_path, how):
+    from napari_addunet.engine.image_io import read_image
+
+    arr = (np.random.default_rng(1).random((3, 32, 40)) * 4000).astype(np.uint16)
+    src, out = tmp_path / "z3.tif", tmp_path / "out.tif"
+    extra = []
+    if how == "imagej-without-unit":
+        tifffile.imwrite(src, arr, imagej=True, metadata={"axes": "ZYX"})
+    else:  # a plain 3-page file: its axes come from --axes
+        tifffile.imwrite(src, arr, photometric="minisblack")
+        extra = ["--axes", "ZYX"]
+    if how == "plain-with-channel-axes":
+        extra = ["--axes", "CYX"]
+    assert (
+        main(
+            ["-q", "denoise", str(src), "-o", str(out), "--model", str(tiny_model), "--device", "cpu", *extra]
+        )
+        == 0
+    )
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].photometric != tifffile.PHOTOMETRIC.RGB  # 3 slices were written as RGB
+        assert tif.series[0].axes == ("CYX" if how == "plain-with-channel-axes" else "ZYX")
+    back = read_image(out)
+    assert back.axes == ("CYX" if how == "plain-with-channel-axes" else "ZYX") and not back.rgb
+
+
+def test_a_tiff_of_pages_appended_one_by_one_is_read_whole(tiny_model, tmp_path):
+    src, out = tmp_path / "app.tif", tmp_path / "out.tif"
+    rng = np.random.default_rng(2)
+    pages = [(rng.random((32, 32)) * 255).astype(np.uint8) for _ in range(6)]
+    for page in pages:
+        tifffile.imwrite(src, page, append=True)  # one series per page
+    assert (
+        main(["-q", "denoise", str(src), "-o", str(out), "--model", str(tiny_model), "--device", "cpu"]) == 0
+    )
+    assert tifffile.imread(out).shape == (6, 32, 32)  # only the first page was denoised

@@ -169,10 +169,23 @@ def _read_tiff(path: Path) -> ImageFile:
         unit = page.tags.get("ResolutionUnit")
         ij = dict(tif.imagej_metadata or {})
         rgb = "S" in axes
-    try:
-        data = tifffile.memmap(path, mode="r")
-    except (ValueError, OSError):
-        data = tifffile.imread(path)
+        stacked = None
+        if len(tif.series) > 1:  # e.g. pages appended one by one: each is a series of its own
+            shapes = {(tuple(s.shape), s.dtype, s.axes) for s in tif.series}
+            if len(shapes) != 1:
+                raise ImageIOError(
+                    f"{path.name}: holds {len(tif.series)} image series of different shapes or types; "
+                    "only files with one series (or several alike, read as a stack) can be denoised"
+                )
+            stacked = np.stack([s.asarray() for s in tif.series])
+            axes, series_shape = "Q" + axes, (len(tif.series), *series_shape)
+    if stacked is not None:
+        data = stacked
+    else:
+        try:
+            data = tifffile.memmap(path, mode="r")
+        except (ValueError, OSError):
+            data = tifffile.imread(path)
     # tifffile's I/Q: pages without a meaning. 2-4 of them may be channels, which are
     # normalised apart, so that is not guessed (the caller gives --axes); more are a Z stack.
     unnamed = [i for i, a in enumerate(axes) if a in "IQ"]
@@ -247,7 +260,12 @@ def check_plain_output(path: str | os.PathLike, source_dtype: Any, alpha: bool =
 
 
 def write_image(
-    path: str | os.PathLike, data: np.ndarray, like: ImageFile | None = None, *, overwrite: bool = False
+    path: str | os.PathLike,
+    data: np.ndarray,
+    like: ImageFile | None = None,
+    *,
+    overwrite: bool = False,
+    axes: str | None = None,
 ) -> Path:
     """Write ``data`` to ``path`` atomically; TIFF keeps the source's resolution and ImageJ spacing.
 
@@ -278,14 +296,18 @@ def write_image(
                 if like.resolution_unit is not None:
                     kwargs["resolutionunit"] = like.resolution_unit
             arr = np.asarray(data, dtype=np.float32)
-            if like is not None and like.metadata and like.axes and set(like.axes) <= set("TZCYX"):
-                # ImageJ wants its axes in TZCYX order (an RGB source's channels come last)
-                order = sorted(range(len(like.axes)), key=lambda i: "TZCYX".index(like.axes[i]))
-                meta = dict(like.metadata)
-                meta["axes"] = "".join(like.axes[i] for i in order)
+            ax = axes or (like.axes if like is not None else None)
+            if ax is None and like is not None and like.rgb and arr.ndim == 3 and arr.shape[-1] in (3, 4):
+                ax = "YXC"  # a colour PNG/JPEG source: its channels
+            if ax and len(ax) == arr.ndim and set(ax) <= set("TZCYX"):
+                # an ImageJ hyperstack keeps what the axes are; it wants them in TZCYX order
+                # (an RGB source's channels come last, and are written as a channel stack)
+                order = sorted(range(len(ax)), key=lambda i: "TZCYX".index(ax[i]))
+                meta = dict(like.metadata) if like is not None else {}
+                meta["axes"] = "".join(ax[i] for i in order)
                 tifffile.imwrite(tmp, np.transpose(arr, order), imagej=True, metadata=meta, **kwargs)
-            else:
-                tifffile.imwrite(tmp, arr, **kwargs)
+            else:  # axes unknown: grey pages (3 or 4 of them must not become an RGB image)
+                tifffile.imwrite(tmp, arr, photometric="minisblack", **kwargs)
         else:
             from PIL import Image
 
