@@ -171,8 +171,8 @@ def _check_destinations(pairs: list[tuple[Path, Path]], args: argparse.Namespace
         try:
             check_writable(dst)
             if dst.suffix.lower() in PLAIN_SUFFIXES:
-                dtype, alpha = source_format(src)
-                check_plain_output(dst, dtype, alpha)
+                fmt = source_format(src)
+                check_plain_output(dst, fmt.dtype, fmt.alpha, fmt.shape, fmt.rgb)
         except ImageIOError as exc:
             raise CliError(str(exc)) from exc
         if dst.exists() and not args.overwrite:

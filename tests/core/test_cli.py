@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -557,3 +558,53 @@ def test_a_tiff_of_pages_appended_one_by_one_is_read_whole(tiny_model, tmp_path)
         main(["-q", "denoise", str(src), "-o", str(out), "--model", str(tiny_model), "--device", "cpu"]) == 0
     )
     assert tifffile.imread(out).shape == (6, 32, 32)  # only the first page was denoised
+
+
+def test_outputs_png_cannot_hold_are_refused_before_any_work(tiny_model, tmp_path, capsys, monkeypatch):
+    import napari_addunet.cli as cli_module
+
+    monkeypatch.setattr(
+        cli_module, "denoise", lambda *a, **k: pytest.fail("denoised before refusing"), raising=False
+    )
+    stack = tmp_path / "stack8.tif"
+    tifffile.imwrite(stack, np.zeros((3, 16, 16), np.uint8), imagej=True, metadata={"axes": "ZYX"})
+    rgb16 = tmp_path / "rgb16.tif"
+    tifffile.imwrite(rgb16, np.zeros((16, 16, 3), np.uint16), photometric="rgb")
+    for src, message in (
+        (stack, "hold one 2-D image"),
+        (rgb16, "colour image can be written here as a .tif only"),
+    ):
+        code = main(["-q", "denoise", str(src), "-o", str(tmp_path / "x.png"), "--model", str(tiny_model)])
+        err = capsys.readouterr().err
+        assert (
+            code == 2 and message in err and "nothing was written" in err
+        )  # was a Pillow error after the work
+
+
+def test_a_16_bit_colour_png_is_refused_not_read_as_8_bits(tmp_path):
+    import struct
+    import zlib
+
+    from napari_addunet.engine.image_io import ImageIOError, read_image, source_format
+
+    def png(path, depth, colour, channels):  # a minimal valid PNG, written by hand
+        raw = b"".join(b"\x00" + bytes(2 * 2 * channels * depth // 8) for _ in range(2))
+
+        def chunk(kind, body):
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        head = struct.pack(">IIBBBBB", 2, 2, depth, colour, 0, 0, 0)
+        path.write_bytes(
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", head)
+            + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b"")
+        )
+        return path
+
+    for colour, channels, kind in ((2, 3, "colour"), (6, 4, "colour"), (4, 2, "grey+alpha")):
+        path = png(tmp_path / f"c{colour}.png", 16, colour, channels)
+        for reader in (read_image, source_format):
+            with pytest.raises(ImageIOError, match=re.escape(f"16-bit {kind} PNG")):
+                reader(path)
+    assert read_image(png(tmp_path / "grey16.png", 16, 0, 1)).data.dtype == np.uint16  # grey is exact

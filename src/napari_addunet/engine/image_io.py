@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -89,6 +89,7 @@ def read_image(path: str | os.PathLike) -> ImageFile:
             if not hasattr(arr, "shape"):
                 raise ImageIOError(f"{path.name}: a zarr group, not an array; point at the array inside it")
             return ImageFile(path, da.from_zarr(arr), axes=arr.attrs.get("axes"))
+        _refuse_16_bit_colour_png(path)
         from PIL import Image
 
         with open(path, "rb") as fh, Image.open(fh) as im:
@@ -103,6 +104,24 @@ def read_image(path: str | os.PathLike) -> ImageFile:
         raise
     except Exception as exc:  # noqa: BLE001 - many readers, one message
         raise ImageIOError(f"{path.name}: cannot read as an image ({type(exc).__name__}: {exc})") from exc
+
+
+def _refuse_16_bit_colour_png(path: Path) -> None:
+    """16-bit colour and grey+alpha PNGs would be read as 8 bits (the image library reduces
+    them): refuse them rather than lose half of every value."""
+    if path.suffix.lower() != ".png":
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return
+    depth, colour = head[24], head[25]
+    if depth == 16 and colour in (2, 4, 6):
+        kind = "grey+alpha" if colour == 4 else "colour"
+        raise ImageIOError(
+            f"{path.name}: a 16-bit {kind} PNG, which the image library here reads as 8 bits only; "
+            "save it as a 16-bit TIFF and denoise that"
+        )
 
 
 def _grey_palette(im: Any) -> bool:
@@ -129,9 +148,20 @@ def _plain_mode(im: Any) -> str:
     return mode
 
 
-def source_format(path: str | os.PathLike) -> tuple[np.dtype, bool]:
-    """The dtype :func:`read_image` gives ``path`` and whether it splits off an alpha channel,
-    read from the header alone (no pixels are decoded)."""
+class SourceFormat(NamedTuple):
+    """What :func:`read_image` will give for a file, from its header alone."""
+
+    dtype: np.dtype
+    alpha: bool
+    """Whether an alpha channel is split off (PNG)."""
+    shape: tuple[int, ...]
+    """Of the pixels read (without a split-off alpha)."""
+    rgb: bool
+
+
+def source_format(path: str | os.PathLike) -> SourceFormat:
+    """The dtype, alpha, shape and colour :func:`read_image` gives ``path``, read from the
+    header alone (no pixels are decoded)."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -139,19 +169,28 @@ def source_format(path: str | os.PathLike) -> tuple[np.dtype, bool]:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                return np.dtype(tif.series[0].dtype), False
+                series = tif.series[0]
+                shape = tuple(series.shape)
+                if len(tif.series) > 1:  # read as a stack of the series
+                    shape = (len(tif.series), *shape)
+                return SourceFormat(np.dtype(series.dtype), False, shape, "S" in series.axes)
         if suffix in ZARR_SUFFIXES:
             import zarr
 
             arr = zarr.open(str(path), mode="r")
             if not hasattr(arr, "dtype"):
                 raise ImageIOError(f"{path.name}: a zarr group, not an array; point at the array inside it")
-            return np.dtype(arr.dtype), False
+            return SourceFormat(np.dtype(arr.dtype), False, tuple(arr.shape), False)
+        _refuse_16_bit_colour_png(path)
         from PIL import Image
 
         with open(path, "rb") as fh, Image.open(fh) as im:
             target = _plain_mode(im)
-        return np.array(Image.new(target, (1, 1))).dtype, target in ("LA", "RGBA")
+            size = im.size
+        colour = target in ("RGB", "RGBA")
+        shape = (size[1], size[0], 3) if colour else (size[1], size[0])
+        dtype = np.array(Image.new(target, (1, 1))).dtype
+        return SourceFormat(dtype, target in ("LA", "RGBA"), shape, colour)
     except ImageIOError:
         raise
     except Exception as exc:  # noqa: BLE001 - many readers, one message
@@ -220,10 +259,17 @@ def check_writable(path: str | os.PathLike) -> None:
         )
 
 
-def check_plain_output(path: str | os.PathLike, source_dtype: Any, alpha: bool = False) -> None:
+def check_plain_output(
+    path: str | os.PathLike,
+    source_dtype: Any,
+    alpha: bool = False,
+    shape: tuple[int, ...] | None = None,
+    rgb: bool = False,
+) -> None:
     """Refuse a PNG/JPEG/BMP output the format cannot hold: results of a floating-point source
     (those formats store integers), more than 8 bits in JPEG or BMP, more than 16 or signed
-    integers in PNG, and an alpha channel in JPEG.
+    integers in PNG, an alpha channel in JPEG, stacks (one 2-D image, grey or colour, only),
+    and 16-bit colour.
 
     Raises
     ------
@@ -252,6 +298,18 @@ def check_plain_output(path: str | os.PathLike, source_dtype: Any, alpha: bool =
             + " instead"
             + tail
         )
+    if shape is not None:
+        colour = rgb and len(shape) == 3 and shape[-1] in (3, 4)
+        if len(shape) > 3 or (len(shape) == 3 and not colour):
+            raise ImageIOError(
+                f"{name}: PNG, JPEG and BMP hold one 2-D image (grey or colour), but the input has "
+                f"shape {tuple(shape)}; write a .tif instead" + tail
+            )
+        if colour and dtype != np.uint8:
+            raise ImageIOError(
+                f"{name}: a {dtype} colour image can be written here as a .tif only (PNG colour is 8-bit)"
+                + tail
+            )
     if suffix in (".jpg", ".jpeg", ".bmp") and alpha:
         kind = "BMP" if suffix == ".bmp" else "JPEG"
         raise ImageIOError(
@@ -280,7 +338,11 @@ def write_image(
     alpha = like.alpha if like is not None else None
     if suffix in PLAIN_SUFFIXES:
         check_plain_output(
-            path, like.data.dtype if like is not None else np.asarray(data).dtype, alpha is not None
+            path,
+            like.data.dtype if like is not None else np.asarray(data).dtype,
+            alpha is not None,
+            tuple(np.shape(data)),
+            like.rgb if like is not None else False,
         )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
