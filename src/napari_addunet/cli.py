@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -79,11 +80,18 @@ def _load(spec: str | None):
     return load_model(spec)
 
 
-def _outputs_for(inputs: list[Path], output: Path, suffix: str) -> list[tuple[Path, Path]]:
+def _many(inputs: list[Path]) -> bool:
+    """Several inputs or a folder of them (results go to an output folder)."""
+    return len(inputs) > 1 or any(p.is_dir() and p.suffix.lower() != ".zarr" for p in inputs)
+
+
+def _outputs_for(
+    inputs: list[Path], output: Path, suffix: str, as_folder: bool = False
+) -> list[tuple[Path, Path]]:
     from .engine.image_io import image_files
 
     pairs: list[tuple[Path, Path]] = []
-    many = len(inputs) > 1 or any(p.is_dir() and p.suffix.lower() != ".zarr" for p in inputs)
+    many = _many(inputs)
     if many:
         if output.exists() and not output.is_dir():
             raise CliError(f"{output} is a file; several inputs need an output folder")
@@ -94,10 +102,27 @@ def _outputs_for(inputs: list[Path], output: Path, suffix: str) -> list[tuple[Pa
             raise CliError("no readable images in " + ", ".join(map(str, inputs)))
     else:
         target = output
-        if output.is_dir() or output.suffix == "":
+        if as_folder or output.is_dir() or output.suffix == "":
             target = output / (inputs[0].stem + suffix)
         pairs.append((inputs[0], target))
     return pairs
+
+
+def check_can_write_in(folder: Path, option: str) -> None:
+    """Refuse a folder nothing can be written in (read-only, no permission), before any work;
+    a folder still to be made is judged by the nearest one that exists."""
+    import tempfile
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise CliError(
+            f"{option}: cannot write in {probe} ({exc.strerror or exc}); nothing was written"
+        ) from exc
 
 
 def check_output_file(path: str | Path, overwrite: bool, option: str) -> Path:
@@ -110,6 +135,7 @@ def check_output_file(path: str | Path, overwrite: bool, option: str) -> Path:
         raise CliError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise CliError(f"{option} {out}: folder {out.parent} does not exist")
+    check_can_write_in(out.parent, option)
     return out
 
 
@@ -167,6 +193,8 @@ def _check_destinations(pairs: list[tuple[Path, Path]], args: argparse.Namespace
     )
 
     todo = []
+    for folder in sorted({dst.parent for _, dst in pairs}):
+        check_can_write_in(folder, "--output")
     for src, dst in pairs:
         try:
             check_writable(dst)
@@ -199,8 +227,10 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         if not p.exists():
             raise CliError(f"{p}: no such file or folder")
     output = Path(args.output)
-    pairs = _outputs_for(inputs, output, ".tif")
-    explicit = len(pairs) == 1 and output.suffix != "" and not output.is_dir()
+    as_folder = str(args.output).endswith(("/", os.sep))  # "run.2024/" names a folder
+    pairs = _outputs_for(inputs, output, ".tif", as_folder)
+    # one file named as the output (a folder holding one image still writes into a folder)
+    explicit = not _many(inputs) and not as_folder and output.suffix != "" and not output.is_dir()
     pairs = _check_destinations(_destinations(pairs, args.output_format, explicit), args)
     if explicit:
         if not output.parent.is_dir():
@@ -244,7 +274,10 @@ def cmd_denoise(args: argparse.Namespace) -> int:
             if len(pairs) > 1:
                 done = f" ({len(written)} of {len(pairs)} written"
                 done += "; rerun with --skip-existing to do the rest)" if written else ")"
-            raise CliError(f"{src}: {_cli_words(first)}{done}") from exc
+            text = _cli_words(first)
+            if text.startswith(f"{src.name}: "):  # the reader named the file already
+                text = text[len(src.name) + 2 :]
+            raise CliError(f"{src}: {text}{done}") from exc
         finally:
             bar.close()
         written.append(dst)
@@ -335,7 +368,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             "metadata": header["metadata"],
             "package_version": header["package_version"],
         }
-        print(json.dumps(info, indent=2))
+        from .engine.evaluation import finite_or_none
+
+        print(json.dumps(finite_or_none(info), indent=2, allow_nan=False))  # strict JSON: inf is null
         return 0
     print(f"napari-addunet {__version__}")
     versions = []
@@ -387,6 +422,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .engine.inference import denoise
 
     out = Path(args.output)
+    if not (args.sigma >= 0 and np.isfinite(args.sigma)):
+        raise CliError(f"--sigma must be a non-negative number, got {args.sigma:g}")
     if out.exists() and not out.is_dir():
         raise CliError(f"--output {out} is a file; the demo writes a folder of results")
     names = ["clean.tif", "noisy.tif", "denoised.tif", "residual.tif", "demo.png"]

@@ -608,3 +608,105 @@ def test_a_16_bit_colour_png_is_refused_not_read_as_8_bits(tmp_path):
             with pytest.raises(ImageIOError, match=re.escape(f"16-bit {kind} PNG")):
                 reader(path)
     assert read_image(png(tmp_path / "grey16.png", 16, 0, 1)).data.dtype == np.uint16  # grey is exact
+
+
+def test_a_folder_of_one_image_goes_to_an_output_folder_named_with_a_dot(tiny_model, tmp_path, capsys):
+    one = tmp_path / "one"
+    one.mkdir()
+    tifffile.imwrite(one / "g.tif", np.zeros((16, 16), np.uint8))
+    out = tmp_path / "res.v2"
+    assert (
+        main(["-q", "denoise", str(one), "-o", str(out), "--model", str(tiny_model), "--device", "cpu"]) == 0
+    )
+    assert (out / "g.tif").exists()  # was "folder res.v2 does not exist", after the work
+    dotted = tmp_path / "run.2024.06"
+    code = main(
+        [
+            "-q",
+            "denoise",
+            str(one / "g.tif"),
+            "-o",
+            f"{dotted}/",
+            "--model",
+            str(tiny_model),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0 and (dotted / "g.tif").exists()  # the trailing slash names a folder
+
+
+def test_info_prints_strict_json_and_demo_checks_sigma_first(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = na.save_model(
+        na.create_model("addunet", width=4, kernels=(3, 3)),
+        tmp_path / "m.safetensors",
+        training={"val_psnr": float("inf")},
+    )
+    assert main(["info", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert json.loads(text)["metadata"]["training"]["val_psnr"] is None and "Infinity" not in text
+    assert main(["-q", "demo", "-o", str(tmp_path / "demo"), "--sigma", "-5"]) == 2
+    assert "--sigma must be a non-negative number" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # an empty folder was made before the error
+
+
+def test_large_plain_images_are_not_refused_as_decompression_bombs(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from napari_addunet.engine.image_io import read_image, source_format
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as if the image were 2 gigapixels
+    assert read_image(path).data.shape == (64, 64) and source_format(path).shape == (64, 64)
+    assert Image.MAX_IMAGE_PIXELS == 100  # the guard is back for everyone else
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    import os
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:  # root ignores permission bits: make the folder immutable instead
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a read-only folder here (root without chattr)")
+        yield folder
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
+    tiny_model, read_only_folder, tmp_path, capsys, monkeypatch
+):
+    import napari_addunet.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "denoise", lambda *a, **k: pytest.fail("denoised first"), raising=False)
+    src = tmp_path / "g.tif"
+    tifffile.imwrite(src, np.zeros((16, 16), np.uint8))
+    for argv in (
+        ["denoise", str(src), "-o", str(read_only_folder / "x.tif"), "--model", str(tiny_model)],
+        ["denoise", str(src), "-o", str(read_only_folder / "sub" / ""), "--model", str(tiny_model)],
+    ):
+        assert main(["-q", *argv]) == 2
+        err = capsys.readouterr().err
+        assert (
+            "cannot write in" in err and "nothing was written" in err
+        )  # named a hidden temp file, after the work
+
+
+def test_jpeg_results_are_written_near_lossless(tmp_path):
+    from PIL import Image
+
+    from napari_addunet.engine.image_io import write_image
+
+    image = skdata.astronaut()[100:228, 100:228]
+    write_image(tmp_path / "r.jpg", image)
+    back = np.asarray(Image.open(tmp_path / "r.jpg")).astype(float)
+    mse = np.mean((back - image) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 39  # Pillow's default (quality 75, chroma subsampled): 34.3 dB

@@ -159,3 +159,10 @@ def test_sigmas_as_a_0d_array_are_read_and_booleans_refused():
     assert check_sigmas(np.array([15, 25])) == [15.0, 25.0]
     with pytest.raises(EvaluationError, match="must be numbers, got True"):
         check_sigmas(True)
+
+
+def test_sigmas_that_would_share_a_key_are_refused():
+    from napari_addunet.engine.evaluation import check_sigmas
+
+    with pytest.raises(EvaluationError, match="both reported as 15"):  # the JSON kept one of them
+        check_sigmas([15, 15.0000001])

@@ -106,7 +106,7 @@ class EvaluationReport:
     def to_json(self, indent: int = 2) -> str:
         """Strict JSON: an infinite PSNR (an image restored exactly, e.g. the noisy input at
         sigma 0) is written as ``null``, which every JSON reader accepts."""
-        return json.dumps(_finite_or_none(self.to_dict()), indent=indent, allow_nan=False)
+        return json.dumps(finite_or_none(self.to_dict()), indent=indent, allow_nan=False)
 
     def table(self, per_image: bool = True) -> str:
         """A plain-text table: one row per image and sigma, then the means."""
@@ -131,13 +131,14 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
+    """``value`` (nested dicts and lists) with infinite and NaN floats as None, for strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -242,6 +243,13 @@ def check_sigmas(sigmas: Any) -> list[float]:
     twice = sorted({s for s in sig if sig.count(s) > 1})
     if twice:
         raise EvaluationError(f"sigma {twice[0]:g} is listed twice; the means would count its images twice")
+    keys = [_sigma_key(s) for s in sig]
+    same = next((k for k in keys if keys.count(k) > 1), None)
+    if same is not None:
+        close = [repr(s) for s in sig if _sigma_key(s) == same]
+        raise EvaluationError(
+            f"sigmas {' and '.join(close)} are both reported as {same}; give levels that differ visibly"
+        )
     return sig
 
 

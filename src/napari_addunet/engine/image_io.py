@@ -11,8 +11,10 @@ was; a TIFF result holds the denoised image alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -90,9 +92,7 @@ def read_image(path: str | os.PathLike) -> ImageFile:
                 raise ImageIOError(f"{path.name}: a zarr group, not an array; point at the array inside it")
             return ImageFile(path, da.from_zarr(arr), axes=arr.attrs.get("axes"))
         _refuse_16_bit_colour_png(path)
-        from PIL import Image
-
-        with open(path, "rb") as fh, Image.open(fh) as im:
+        with _open_plain(path) as im:
             target = _plain_mode(im)
             data = np.array(im.convert(target) if target != im.mode else im)
         alpha = None
@@ -104,6 +104,21 @@ def read_image(path: str | os.PathLike) -> ImageFile:
         raise
     except Exception as exc:  # noqa: BLE001 - many readers, one message
         raise ImageIOError(f"{path.name}: cannot read as an image ({type(exc).__name__}: {exc})") from exc
+
+
+@contextlib.contextmanager
+def _open_plain(path: Path) -> Iterator[Any]:
+    """Open a PNG/JPEG/BMP with Pillow, without its guard against huge images (meant for
+    files from the web; a large local image is what tiling is for), restored afterwards."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with open(path, "rb") as fh, Image.open(fh) as im:
+            yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _refuse_16_bit_colour_png(path: Path) -> None:
@@ -184,7 +199,7 @@ def source_format(path: str | os.PathLike) -> SourceFormat:
         _refuse_16_bit_colour_png(path)
         from PIL import Image
 
-        with open(path, "rb") as fh, Image.open(fh) as im:
+        with _open_plain(path) as im:
             target = _plain_mode(im)
             size = im.size
         colour = target in ("RGB", "RGBA")
@@ -342,7 +357,7 @@ def write_image(
             like.data.dtype if like is not None else np.asarray(data).dtype,
             alpha is not None,
             tuple(np.shape(data)),
-            like.rgb if like is not None else False,
+            like.rgb if like is not None else (np.ndim(data) == 3 and np.shape(data)[-1] in (3, 4)),
         )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -380,5 +395,8 @@ def write_image(
             arr = np.clip(np.rint(np.asarray(data)), info.min, info.max).astype(dtype)
             if alpha is not None and alpha.shape == arr.shape[:2]:
                 arr = np.concatenate([arr.reshape(*arr.shape[:2], -1), alpha[..., None]], axis=-1)
-            Image.fromarray(arr).save(tmp)
+            # JPEG: near-lossless settings (Pillow's default, quality 75 with chroma subsampling,
+            # would change the result far more than denoising choices do)
+            options = {"quality": 95, "subsampling": 0} if suffix in (".jpg", ".jpeg") else {}
+            Image.fromarray(arr).save(tmp, **options)
     return path
