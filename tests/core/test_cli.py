@@ -710,3 +710,26 @@ def test_jpeg_results_are_written_near_lossless(tmp_path):
     back = np.asarray(Image.open(tmp_path / "r.jpg")).astype(float)
     mse = np.mean((back - image) ** 2)
     assert 10 * np.log10(255**2 / mse) > 39  # Pillow's default (quality 75, chroma subsampled): 34.3 dB
+
+
+def test_png_and_jpeg_results_keep_orientation_resolution_and_profile(tiny_model, tmp_path):
+    from PIL import Image
+
+    photo = skdata.astronaut()[:48, :64]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    src = tmp_path / "rot.jpg"
+    Image.fromarray(photo).save(src, exif=exif, dpi=(300, 300))
+    grey = tmp_path / "dpi.png"
+    Image.fromarray(photo[..., 0]).save(grey, dpi=(300, 300))
+    run = ["--model", str(tiny_model), "--device", "cpu"]
+    assert main(["-q", "denoise", str(src), "-o", str(tmp_path / "out.jpg"), *run]) == 0
+    assert main(["-q", "denoise", str(grey), "-o", str(tmp_path / "out.png"), *run]) == 0
+    assert main(["-q", "denoise", str(grey), "-o", str(tmp_path / "out.tif"), *run]) == 0
+    with Image.open(tmp_path / "out.jpg") as im:  # every viewer showed the result turned
+        assert im.getexif().get(0x0112) == 6 and round(im.info["dpi"][0]) == 300
+    with Image.open(tmp_path / "out.png") as im:
+        assert round(im.info["dpi"][0]) == 300
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        x = tif.pages[0].tags["XResolution"].value
+        assert round(x[0] / x[1]) == 300 and tif.pages[0].tags["ResolutionUnit"].value == 2  # inch

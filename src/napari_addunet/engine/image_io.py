@@ -59,6 +59,9 @@ class ImageFile:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     alpha: np.ndarray | None = None
     """The alpha channel of a PNG split off the pixels (``None`` without one)."""
+    plain_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """A PNG/JPEG's resolution (``dpi``), colour profile and EXIF block (its orientation),
+    written again with the result."""
 
 
 def image_files(path: Path) -> list[Path]:
@@ -95,11 +98,12 @@ def read_image(path: str | os.PathLike) -> ImageFile:
         with _open_plain(path) as im:
             target = _plain_mode(im)
             data = np.array(im.convert(target) if target != im.mode else im)
+            info = {k: im.info[k] for k in ("dpi", "icc_profile", "exif") if im.info.get(k)}
         alpha = None
         if target in ("LA", "RGBA"):
             alpha = np.ascontiguousarray(data[..., -1])
             data = np.ascontiguousarray(data[..., 0] if target == "LA" else data[..., :3])
-        return ImageFile(path, data, rgb=data.ndim == 3, alpha=alpha)
+        return ImageFile(path, data, rgb=data.ndim == 3, alpha=alpha, plain_info=info)
     except ImageIOError:
         raise
     except Exception as exc:  # noqa: BLE001 - many readers, one message
@@ -372,6 +376,9 @@ def write_image(
                 kwargs["resolution"] = like.resolution
                 if like.resolution_unit is not None:
                     kwargs["resolutionunit"] = like.resolution_unit
+            elif like is not None and like.plain_info.get("dpi"):  # a PNG/JPEG's pixel size
+                kwargs["resolution"] = tuple(float(v) for v in like.plain_info["dpi"][:2])
+                kwargs["resolutionunit"] = "INCH"
             arr = np.asarray(data, dtype=np.float32)
             ax = axes or (like.axes if like is not None else None)
             if ax is None and like is not None and like.rgb and arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -397,6 +404,9 @@ def write_image(
                 arr = np.concatenate([arr.reshape(*arr.shape[:2], -1), alpha[..., None]], axis=-1)
             # JPEG: near-lossless settings (Pillow's default, quality 75 with chroma subsampling,
             # would change the result far more than denoising choices do)
-            options = {"quality": 95, "subsampling": 0} if suffix in (".jpg", ".jpeg") else {}
+            options: dict[str, Any] = {"quality": 95, "subsampling": 0} if suffix in (".jpg", ".jpeg") else {}
+            if like is not None:  # resolution, colour profile and orientation, as the source had them
+                kept = ("dpi",) if suffix == ".bmp" else ("dpi", "icc_profile", "exif")
+                options.update({k: v for k, v in like.plain_info.items() if k in kept})
             Image.fromarray(arr).save(tmp, **options)
     return path
