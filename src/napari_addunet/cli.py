@@ -238,6 +238,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     elif pairs:
         output.mkdir(parents=True, exist_ok=True)  # a folder of results: made for them
     written: list[Path] = []
+    failed: list[Path] = []
     for src, dst in pairs:
         bar = _Bar(src.name, args.quiet)
         t0 = time.perf_counter()
@@ -269,19 +270,30 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         ) as exc:
             if args.debug:
                 raise
-            first = _first_line(exc)
+            text = _cli_words(_first_line(exc))
+            if text.startswith(f"{src.name}: "):  # the reader named the file already
+                text = text[len(src.name) + 2 :]
+            if args.keep_going:
+                failed.append(src)
+                print(f"napari-addunet: error: {src}: {text} (going on)", file=sys.stderr)
+                continue
             done = ""
             if len(pairs) > 1:
                 done = f" ({len(written)} of {len(pairs)} written"
-                done += "; rerun with --skip-existing to do the rest)" if written else ")"
-            text = _cli_words(first)
-            if text.startswith(f"{src.name}: "):  # the reader named the file already
-                text = text[len(src.name) + 2 :]
+                done += "; --skip-existing --keep-going finishes the others)" if written else ")"
             raise CliError(f"{src}: {text}{done}") from exc
         finally:
             bar.close()
         written.append(dst)
         _say(args, f"{src} -> {dst} ({time.perf_counter() - t0:.1f} s)")
+    if failed:
+        names = ", ".join(p.name for p in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        print(
+            f"napari-addunet: error: {len(failed)} of {len(pairs)} file(s) failed ({names}); "
+            f"{len(written)} written",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -560,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-existing",
         action="store_true",
         help="leave inputs whose output file exists (to finish an interrupted folder)",
+    )
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="when a file fails, say why and go on with the others (exit status 1 if any failed)",
     )
     common(p)
     p.set_defaults(func=cmd_denoise)

@@ -405,10 +405,17 @@ def test_a_file_that_fails_in_a_folder_is_named_and_the_rest_can_follow(tiny_mod
     err = capsys.readouterr().err
     assert f"{folder / 'b.tif'}: the input holds 1 of 576 NaN/Inf value(s)" in err
     assert "--nan-policy fill" in err and "nan_policy=" not in err
-    assert "1 of 3 written; rerun with --skip-existing to do the rest" in err
+    assert "1 of 3 written; --skip-existing --keep-going finishes the others" in err
     assert sorted(p.name for p in out.iterdir()) == ["a.tif"]
     first = (out / "a.tif").read_bytes()
     argv = ["denoise", str(folder), "-o", str(out), "-m", str(tiny_model)]
+    # a file that keeps failing no longer stops the others (it used to, at every rerun)
+    assert main(["-q", *argv, "--skip-existing", "--keep-going"]) == 1
+    err = capsys.readouterr().err
+    assert "b.tif: the input holds 1 of 576 NaN/Inf" in err and "(going on)" in err
+    assert "1 of 2 file(s) failed (b.tif); 1 written" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "c.tif"]
+    (out / "c.tif").unlink()
     assert main(["-q", *argv, "--overwrite", "--skip-existing"]) == 2
     assert "contradict" in capsys.readouterr().err
     assert main([*argv, "--skip-existing", "--nan-policy", "mask"]) == 0
