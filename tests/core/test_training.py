@@ -741,3 +741,14 @@ def test_a_non_finite_validation_loss_stops_the_run_with_a_message(monkeypatch):
     monkeypatch.setattr(training_module._Run, "_validate", broken)
     with pytest.raises(TrainingError, match="validation loss became nan at epoch 1"):
         train(small_data(), tiny(), SMALL)  # the best stayed NaN and never improved
+
+
+def test_batch_norm_on_a_single_deepest_value_is_explained():
+    data = clean_data(
+        [np.random.default_rng(0).random((32, 32)).astype(np.float32)] * 3, normalization="none"
+    )
+    cfg = dict(epochs=1, steps_per_epoch=1, batch_size=1, patch_size=16, device="cpu", val_fraction=0)
+    with pytest.raises(
+        TrainingError, match="use batch_size >= 2 or a larger patch_size"
+    ):  # torch's own words before
+        train(data, "unet", cfg, model_settings={"batch_norm": True, "depth": 4, "base_width": 4})

@@ -252,3 +252,17 @@ def test_fixed_patches_are_deterministic_and_cover_every_plane():
     x2, _, _ = fixed_patches(data, 8, 5, seed=3)
     assert x1.shape == (5, 1, 8, 8) and np.array_equal(x1, x2)
     assert sorted(set(l1.tolist())) == [0, 1, 2]
+
+
+def test_pairs_from_folders_whose_names_differ_in_part_are_refused(tmp_path):
+    rng = np.random.default_rng(9)
+    for folder, names in (("noisy", ("a", "b")), ("clean", ("b", "c"))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            skio.imsave(
+                tmp_path / folder / f"{name}.png",
+                (rng.random((32, 32)) * 255).astype(np.uint8),
+                check_contrast=False,
+            )
+    with pytest.raises(DataError, match="a.png would be paired with b.png"):  # were paired a-b, b-c silently
+        paired_data(tmp_path / "noisy", tmp_path / "clean")

@@ -518,6 +518,13 @@ def _build(
                 f"pairs do not match: {len(sources)} input image(s) with {n_in} plane(s) but "
                 f"{len(target_sources)} target image(s) with {n_tg} plane(s)"
             )
+        in_names, tg_names = [s.name for s in sources], [t.name for t in target_sources]
+        if set(in_names) & set(tg_names) and in_names != tg_names:  # e.g. a file missing on one side
+            a, b = next((a, b) for a, b in zip(in_names, tg_names, strict=True) if a != b)
+            raise DataError(
+                f"pairs do not match: inputs and targets are paired in order, and {a} would be paired "
+                f"with {b}; give the same file names on both sides"
+            )
         for s, t in zip(sources, target_sources, strict=True):
             its_target = "its target" if t.name == s.name else f"its target {t.name}"
             if s.array.shape != t.array.shape:

@@ -696,13 +696,21 @@ class _Run:
             group["lr"] = lr
         self.net.train()
         inp, target, mask, labels = self._batch()
-        if self.use_bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = self.net(inp)
-            out = type(out)(*(None if t is None else t.float() for t in out))
-        else:
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                out = self.net(inp)
+        try:
+            if self.use_bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = self.net(inp)
+                out = type(out)(*(None if t is None else t.float() for t in out))
+            else:
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                    out = self.net(inp)
+        except ValueError as exc:
+            if "more than 1 value per channel" not in str(exc):
+                raise
+            raise TrainingError(
+                f"batch normalisation has a single value per channel at the deepest level ({cfg.batch_size} "
+                f"patch(es) of {cfg.patch_size} px): use batch_size >= 2 or a larger patch_size"
+            ) from exc
         den, cls, total = self._losses(out, target, mask, labels)
         if not torch.isfinite(total):
             where = (

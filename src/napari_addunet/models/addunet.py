@@ -61,7 +61,11 @@ class AddUNetConfig(ModelConfig):
         False, doc="stride-2 down-sampling after each level and up-sampling back (extension)"
     )
     global_residual: bool = setting(True, doc="add the input to the output (learn the residual)")
-    batch_norm: bool = setting(False, doc="batch normalisation after each convolution")
+    batch_norm: bool = setting(
+        False,
+        doc="batch normalisation after each convolution followed by an activation (not after a "
+        "residual branch's last convolution, the down/up-sampling or the output convolution)",
+    )
     gate_init: float = setting(
         1.0,
         ge=0.0,
