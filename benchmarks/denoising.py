@@ -327,6 +327,24 @@ def time_model(model: Any, ensemble: int = 1) -> float:
     return _median_seconds(forward_job(model, x, ensemble)) / (TIMING_SIDE * TIMING_SIDE / 1e6)
 
 
+TIMING_FIELDS = ("cpu_seconds_per_mp", "timing")
+
+
+def _timings(doc: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    return {n: tuple(e.get(f) for f in TIMING_FIELDS) for n, e in doc["methods"].items()}
+
+
+def merge_timings(
+    fresh: dict[str, Any], timed: dict[str, Any], before: dict[str, tuple[Any, ...]]
+) -> dict[str, Any]:
+    """``fresh`` (the results file as it is now) with the times the pass changed in ``timed``."""
+    now = _timings(timed)
+    for name, values in now.items():
+        if values != before.get(name) and name in fresh["methods"]:
+            fresh["methods"][name].update(dict(zip(TIMING_FIELDS, values, strict=True)))
+    return fresh
+
+
 def retime(
     doc: dict[str, Any], methods: Sequence[Method], datasets: dict[str, dict[str, np.ndarray]], data: Path
 ) -> dict[str, Any]:
@@ -977,7 +995,10 @@ def main(argv: list[str] | None = None) -> None:
             )
     doc = _load(out_json)
     if args.retime and doc.get("methods"):
-        doc["timing_run"] = retime(doc, [m for m in methods if m.name in doc["methods"]], datasets, args.data)
+        before = _timings(doc)
+        run = retime(doc, [m for m in methods if m.name in doc["methods"]], datasets, args.data)
+        doc = merge_timings(_load(out_json), doc, before)  # rows written meanwhile by another run stay
+        doc["timing_run"] = run
     if doc.get("methods"):
         _write(doc, args.quick)  # refresh the markdown (e.g. after code changes)
     print(f"wrote {_shown_path(out_json)} and its .md", flush=True)

@@ -334,9 +334,14 @@ def write_md(path: Path, args, model_note: str, mach: dict, speeds: dict, memory
     for side in TILING_SIDES:
         r = speeds[f"tiling_{side}"]
         if r["tiles"] > 1 and r["ratio"] < r["work_ratio"]:
+            than = (
+                "less CPU time than one pass"
+                if r["ratio"] < 1
+                else f"{r['ratio']:.2f}x the CPU time of one pass"
+            )
             lines += [
                 "",
-                f"At {side} x {side} the tiles took less CPU time than one pass although they compute "
+                f"At {side} x {side} the tiles took {than} although they compute "
                 f"{r['work_ratio']:.3f}x its pixels: here the untiled pass was slower per pixel.",
             ]
     lines += [

@@ -120,8 +120,13 @@ def run_candidate(
         callback=lambda e: _log(name, e),
     )
     train_seconds = time.perf_counter() - t0
-    # Score the last weights (not the best epoch): every candidate gets exactly the same budget.
-    final = result.model.eval()
+    # Score the last weights (the run returns its best epoch by validation loss, measured on
+    # these very images): every candidate gets exactly the same budget.
+    from napari_addunet.engine.training_state import load_state
+
+    final = result.model
+    final.load_state_dict(load_state(out)["model"])
+    final.eval()
     report = na.evaluate(final, [str(f) for f in val_files], SIGMAS, device="cpu")
     row = {
         "name": name,
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train400", type=Path)
     p.add_argument("--only", nargs="+", choices=list(CANDIDATES))
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -229,10 +234,17 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
     }
+    budget = {k: v for k, v in setup.items() if k != "machine"}
     for name in args.only or list(CANDIDATES):
         doc = _load()
-        if doc.get("setup") not in (None, setup) and not args.redo:
-            raise SystemExit("the JSON file holds results of another budget; use --redo to start over")
+        before = {k: v for k, v in (doc.get("setup") or {}).items() if k != "machine"}
+        others = [n for n in doc["rows"] if n not in (args.only or list(CANDIDATES))]
+        if before and before != budget and (others or not args.redo):
+            # one table, one budget: a row of another budget would be compared as if alike
+            raise SystemExit(
+                f"the JSON file holds results of another budget ({before}); give that budget, or "
+                "--redo without --only to measure every candidate again"
+            )
         if name in doc["rows"] and not args.redo:
             print(f"{name}: already measured, skipped")
             continue

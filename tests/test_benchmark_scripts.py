@@ -166,6 +166,17 @@ def test_retime_times_every_measured_row_side_by_side(tmp_path, monkeypatch):
     assert "Rows marked *" not in den._timing_run_note(doc)
 
 
+def test_a_timing_pass_keeps_rows_another_run_wrote_meanwhile():
+    den = _script("denoising")
+    doc = {"methods": {"a": {"cpu_seconds_per_mp": 1.0, "timing": "alone"}, "b": {"error": "x"}}}
+    before = den._timings(doc)
+    doc["methods"]["a"].update(cpu_seconds_per_mp=2.0, timing="side by side")  # what retime does
+    fresh = {"methods": {"a": {"cpu_seconds_per_mp": 1.0, "timing": "alone", "psnr": 30}, "c": {"psnr": 29}}}
+    merged = den.merge_timings(fresh, doc, before)
+    assert merged["methods"]["c"] == {"psnr": 29}  # scored during the pass: was dropped
+    assert merged["methods"]["a"] == {"cpu_seconds_per_mp": 2.0, "timing": "side by side", "psnr": 30}
+
+
 def test_cli_check_compares_means_and_the_summary_ties_it_to_the_weights():
     check = _script("cli_check")
     summary = _script("summary")
@@ -733,6 +744,10 @@ def test_self_supervised_trains_noise2void_on_exactly_the_scored_noisy_images(tm
     )
     assert row["mode"] == "noise2void" and row["steps"] == 200 and row["training_images"] == 3
     assert row["psnr"] > row["input_psnr"] + 1.0  # learned to denoise with no clean image
+    # scored on the last weights (the loop returns its best epoch by training loss)
+    saved = na.load_model(tmp_path / "models" / "n2v-test-s25.safetensors")
+    assert row["scored"] == "last weights"
+    assert saved.metadata["training"]["weights"] == "the last, after step 200"
     assert (tmp_path / "models" / "n2v-test-s25.safetensors").is_file()
 
     supervised = dict(row, name="supervised-train400", mode="supervised", psnr=30.0)

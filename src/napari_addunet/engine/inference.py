@@ -313,7 +313,7 @@ def iter_denoise(
     ensemble
         Self-ensemble: average the result over this many orientations of each tile (1, 2, 4
         or 8; see :mod:`~napari_addunet.engine.ensemble`): with 8, the bundled denoiser gains
-        0.05-0.07 dB PSNR on BSD68 and Set12. Costs that many times the compute, at the same
+        0.06-0.08 dB PSNR on BSD68 and Set12. Costs that many times the compute, at the same
         memory. 1 (default) is off.
 
     Yields
