@@ -302,6 +302,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .engine.inference import predict
 
     out = check_output_file(args.csv, args.overwrite, "--csv") if args.csv else None
+    if args.model is None:  # the bundled denoiser cannot classify: the bundled classifier can
+        classifiers = _bundled_classifiers()
+        args.model = classifiers[0] if classifiers else None
     model = _load(args.model)
     if model.num_classes == 0:
         classifiers = _bundled_classifiers()
@@ -528,12 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
     from napari_addunet.cli_training import add_ensemble_option
     from napari_addunet.cli_training import register as register_training
 
-    def common(p: argparse.ArgumentParser, axes: bool = True) -> None:
+    def common(
+        p: argparse.ArgumentParser, axes: bool = True, default_model: str = "bundled denoiser"
+    ) -> None:
         p.add_argument(
             "--model",
             "-m",
             default=None,
-            help="bundled model name or .safetensors file (default: bundled denoiser)",
+            help=f"bundled model name or .safetensors file (default: {default_model})",
         )
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         if axes:
@@ -584,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="class probabilities per image or plane")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--csv", default=None, help="also write the results as a CSV table to this file")
-    common(p)
+    common(p, default_model="the bundled classifier, addunet-fashion-mnist")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser(

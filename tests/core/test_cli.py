@@ -294,7 +294,7 @@ def test_output_files_in_missing_folders_are_refused_before_any_work(tiny_model,
 def test_classify_without_head_names_the_bundled_classifier(tmp_path, capsys):
     img = tmp_path / "img.tif"
     tifffile.imwrite(img, np.zeros((28, 28), np.float32))
-    assert main(["classify", str(img)]) == 2  # the default model is the bundled denoiser
+    assert main(["classify", str(img), "-m", "addunet-gray-blind"]) == 2  # the denoiser has no head
     err = capsys.readouterr().err
     assert "no classification head" in err and "addunet-fashion-mnist" in err
 
@@ -740,3 +740,13 @@ def test_png_and_jpeg_results_keep_orientation_resolution_and_profile(tiny_model
     with tifffile.TiffFile(tmp_path / "out.tif") as tif:
         x = tif.pages[0].tags["XResolution"].value
         assert round(x[0] / x[1]) == 300 and tif.pages[0].tags["ResolutionUnit"].value == 2  # inch
+
+
+def test_classify_without_a_model_uses_the_bundled_classifier(tmp_path, capsys):
+    from PIL import Image
+
+    item = tmp_path / "item.png"
+    Image.fromarray((np.random.default_rng(4).random((28, 28)) * 255).astype(np.uint8)).save(item)
+    assert main(["classify", str(item), "--device", "cpu"]) == 0  # the bundled denoiser has no head
+    out = capsys.readouterr().out
+    assert "item.png" in out

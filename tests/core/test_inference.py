@@ -577,3 +577,21 @@ def test_a_bfloat16_tensor_is_read_as_float32(model):
     x = torch.rand(24, 24)
     out = denoise(model, x.to(torch.bfloat16), device="cpu")
     np.testing.assert_allclose(out, denoise(model, x.to(torch.bfloat16).float().numpy(), device="cpu"))
+
+
+def test_progress_messages_count_the_planes_done_of_batched_stacks(model):
+    stack = np.random.default_rng(8).random((5, 32, 32)).astype(np.float32)
+    messages = [p.message for p in iter_denoise(model, stack, axes="ZYX", device="cpu", batch_size=2)]
+    planes = [m for m in messages if m.startswith("denoising")]
+    # planes go through two at a time: the message names the next plane after those done
+    # (it named the first plane of the batch just finished)
+    assert planes == [
+        "denoising z=0 (0 of 5 planes done)",
+        "denoising z=2 (2 of 5 planes done)",
+        "denoising z=4 (4 of 5 planes done)",
+        "denoising z=4 (5 of 5 planes done)",
+    ]
+    events = list(iter_denoise(model, stack[0], device="cpu", tile=24))
+    last = events[-1]
+    assert last.done == last.total > 1
+    assert last.message == f"denoising image ({last.total} of {last.total} tiles done)"

@@ -266,3 +266,22 @@ def test_pairs_from_folders_whose_names_differ_in_part_are_refused(tmp_path):
             )
     with pytest.raises(DataError, match="a.png would be paired with b.png"):  # were paired a-b, b-c silently
         paired_data(tmp_path / "noisy", tmp_path / "clean")
+
+
+def test_a_per_plane_label_table_names_a_2d_image_as_its_plane_0(tmp_path):
+    from napari_addunet.engine.layer_data import layer_training_data
+
+    rng = np.random.default_rng(10)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        skio.imsave(folder / f"i{i}.png", (rng.random((16, 16)) * 255).astype(np.uint8), check_contrast=False)
+    table = tmp_path / "planes.csv"
+    table.write_text("file,plane,label\n" + "".join(f"i{i}.png,0,{'xy'[i % 2]}\n" for i in range(4)))
+    data = clean_data(folder, labels=table)  # was "no label for i0.png, ..."
+    assert data.class_names == ["x", "y"] and data.labels.tolist() == [0, 1, 0, 1]
+    stack, flat = rng.random((2, 16, 16)).astype(np.float32), rng.random((16, 16)).astype(np.float32)
+    layers = layer_training_data(
+        "noisy", [("a", stack), ("b", flat)], label_file={"a[0]": "x", "a[1]": "y", "b[0]": "y"}
+    )
+    assert layers.labels.tolist() == [0, 1, 1]

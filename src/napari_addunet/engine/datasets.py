@@ -398,6 +398,8 @@ def _label_for(names: list[str], table: Mapping[str, Any]) -> list[Any]:
     for n in names:
         base = n.partition("[")[0]
         keys = _key_forms(n) + _key_forms(base)
+        if "[" not in n:  # a 2-D image is its own plane 0 (a per-plane table may say so)
+            keys += _key_forms(n + "[0]")
         hit = next((k for k in keys if k in index), None)
         if hit is None:
             missing.append(n)

@@ -484,8 +484,12 @@ def iter_denoise(
     n_planes = len(positions)
 
     def message() -> str:
-        where = layout.describe(positions[min(planes_done, n_planes - 1)])
-        return f"denoising {where} (plane {min(planes_done + 1, n_planes)} of {n_planes})"
+        # planes go through in batches: count those whose tiles are all done, name the next
+        finished = min(done // max(tiles_per_plane, 1), n_planes)
+        where = layout.describe(positions[min(finished, n_planes - 1)])
+        if n_planes == 1:
+            return f"denoising {where} ({done} of {total} tiles done)"
+        return f"denoising {where} ({finished} of {n_planes} planes done)"
 
     yield Progress(0, total, None, message())
     for event in plane_loop(settings, runner, data, layout, normalizer, target, probabilities):

@@ -104,6 +104,8 @@ def plane_labels(names: Sequence[str], arrays: Sequence[np.ndarray], table: Mapp
         for plane in _planes(name, arr):
             # a layer named "cells.tif" matches a table that says "cells.tif" or "cells"
             keys = [plane, _strip_ext(plane), name, _strip_ext(name)]
+            if arr.ndim == 2:  # a 2-D layer is its own slice 0 (a per-slice table may say so)
+                keys += [f"{name}[0]", f"{_strip_ext(name)}[0]"]
             hit = next((k for k in keys if k in table), None)
             value = table[hit] if hit is not None else None
             if value is None or str(value).strip() == "":
