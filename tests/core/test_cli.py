@@ -750,3 +750,12 @@ def test_classify_without_a_model_uses_the_bundled_classifier(tmp_path, capsys):
     assert main(["classify", str(item), "--device", "cpu"]) == 0  # the bundled denoiser has no head
     out = capsys.readouterr().out
     assert "item.png" in out
+
+
+def test_results_too_big_for_an_imagej_file_are_bigtiffs_that_name_their_axes(tmp_path, monkeypatch):
+    from napari_addunet.engine import image_io
+
+    monkeypatch.setattr(image_io, "IMAGEJ_LIMIT", 1000)  # as if the stack were over 4 GB
+    out = image_io.write_image(tmp_path / "big.tif", np.zeros((3, 16, 16), np.float32), axes="ZYX")
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_bigtiff and tif.series[0].axes == "ZYX" and tif.pages[0].photometric != 2

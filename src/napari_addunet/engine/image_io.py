@@ -266,6 +266,8 @@ def _read_tiff(path: Path) -> ImageFile:
 
 
 WRITABLE = TIFF_SUFFIXES | PLAIN_SUFFIXES
+IMAGEJ_LIMIT = 4 * 2**30 - 2**26
+"""Bytes above which a result is written as a BigTIFF naming its axes, not an ImageJ file."""
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -383,7 +385,12 @@ def write_image(
             ax = axes or (like.axes if like is not None else None)
             if ax is None and like is not None and like.rgb and arr.ndim == 3 and arr.shape[-1] in (3, 4):
                 ax = "YXC"  # a colour PNG/JPEG source: its channels
-            if ax and len(ax) == arr.ndim and set(ax) <= set("TZCYX"):
+            if ax and len(ax) == arr.ndim and set(ax) <= set("TZCYX") and arr.nbytes > IMAGEJ_LIMIT:
+                # too big for an ImageJ file (no BigTIFF): a BigTIFF that names its axes
+                tifffile.imwrite(
+                    tmp, arr, bigtiff=True, photometric="minisblack", metadata={"axes": ax}, **kwargs
+                )
+            elif ax and len(ax) == arr.ndim and set(ax) <= set("TZCYX"):
                 # an ImageJ hyperstack keeps what the axes are; it wants them in TZCYX order
                 # (an RGB source's channels come last, and are written as a channel stack)
                 order = sorted(range(len(ax)), key=lambda i: "TZCYX".index(ax[i]))
