@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .noisy_percentiles import SAMPLE, PixelSample, pixel_sample
-from .normalization import check_dtype, parse_normalization, percentile_bounds
+from .normalization import check_dtype, parse_normalization, percentiles_and_bounds
 
 Mode = Literal["supervised", "noise2void", "pairs"]
 MODES: tuple[str, ...] = ("supervised", "noise2void", "pairs")
@@ -167,21 +167,19 @@ def _resolve_normalization(spec: Mapping[str, Any] | str | None, sources: list[_
     return out
 
 
-def _affine(arr: np.ndarray, spec: dict[str, Any]) -> tuple[float, float]:
-    """``(offset, scale)`` that map ``arr`` as the inference engine will."""
+def _affine(arr: np.ndarray, spec: dict[str, Any]) -> tuple[float, float, tuple[float, float]]:
+    """``(offset, scale)`` that map ``arr`` as the inference engine will, and where its
+    percentiles land in normalised units (0 and 1 unless they coincide)."""
     method = spec["method"]
     if method == "none":
-        return 0.0, 1.0
+        return 0.0, 1.0, (0.0, 1.0)
     if method == "range":
-        return float(spec["low"]), float(spec["high"]) - float(spec["low"])
-    lo, hi = percentile_bounds(arr.astype(np.float64, copy=False), spec["low"], spec["high"])
-    return lo, hi - lo if hi > lo else 1.0
-
-
-def _points(arr: np.ndarray, spec: dict[str, Any], offset: float, scale: float) -> tuple[float, float]:
-    """The percentiles of ``arr`` in normalised units (0 and 1 unless they coincide)."""
-    lo, hi = np.percentile(arr.astype(np.float64, copy=False), [spec["low"], spec["high"]])
-    return (float(lo) - offset) / scale, (float(hi) - offset) / scale
+        return float(spec["low"]), float(spec["high"]) - float(spec["low"]), (0.0, 1.0)
+    (p_lo, p_hi), (lo, hi) = percentiles_and_bounds(
+        arr.astype(np.float64, copy=False), spec["low"], spec["high"]
+    )
+    scale = hi - lo if hi > lo else 1.0
+    return lo, scale, ((p_lo - lo) / scale, (p_hi - lo) / scale)
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
@@ -550,7 +548,7 @@ def _build(
     points: list[tuple[float, float]] = []
     for g, s in enumerate(sources):
         _check_finite(s.array, s.name)
-        offset, scale = _affine(s.array, norm)
+        offset, scale, whole = _affine(s.array, norm)
         planes = _planes(s)
         # 2-4 planes may be channels, which inference normalises apart (it never guesses
         # them to be Z): each such plane gets its own numbers, as a channel would
@@ -561,13 +559,12 @@ def _build(
         shared = None  # a stack's percentiles are the whole stack's
         if samples is not None and s.array.ndim == 3 and not apart:
             shared = pixel_sample(s.array, g).mapped(offset, scale)
-        whole = _points(s.array, norm, offset, scale) if samples is not None and not apart else None
         for i, (name, plane) in enumerate(planes):
             if apart:
-                offset, scale = _affine(plane, norm)
+                offset, scale, whole = _affine(plane, norm)
             inputs.append(((plane.astype(np.float64) - offset) / scale).astype(np.float32))
             if samples is not None:
-                points.append(whole if whole is not None else _points(plane, norm, offset, scale))
+                points.append(whole)
                 if shared is not None:
                     samples.append(shared)
                 elif plane.size <= SAMPLE:  # a small image is its own sample

@@ -275,10 +275,16 @@ def percentile_bounds(values: np.ndarray, low: float, high: float) -> tuple[floa
     """The ``low`` and ``high`` percentiles of finite ``values``; the minimum and maximum when
     those coincide (fewer than ``100 - high`` percent of the values stand out: sparse spots on
     a flat background, a mostly saturated frame), so that the spots still map into [0, 1]."""
-    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
-    if hi <= lo:
-        lo, hi = float(np.min(values)), float(np.max(values))
-    return lo, hi
+    return percentiles_and_bounds(values, low, high)[1]
+
+
+def percentiles_and_bounds(
+    values: np.ndarray, low: float, high: float
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The percentiles themselves and the bounds :func:`percentile_bounds` maps by."""
+    p = tuple(float(v) for v in np.percentile(values, [low, high]))
+    bounds = p if p[1] > p[0] else (float(np.min(values)), float(np.max(values)))
+    return (p[0], p[1]), (bounds[0], bounds[1])
 
 
 def _is_dask(data: Any) -> bool:
