@@ -18,6 +18,15 @@ def _image(shape=(72, 64), seed=0):
     return (clean + 0.1 * rng.standard_normal(shape)).astype(np.float32), clean
 
 
+def _on_noisy_layer(viewer, add_dock):
+    """A noisy image layer and the widget set to it."""
+    noisy, _ = _image()
+    image = viewer.add_image(noisy, name="noisy")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(image)
+    return image, noisy, widget
+
+
 def _preview_settled(widget):
     return lambda: not widget.preview_busy
 
@@ -89,10 +98,7 @@ def test_gate_change_updates_the_preview_layer_in_place(viewer_session, add_dock
 
 def test_newer_moves_supersede_older_ones(viewer_session, add_dock, qtbot, heartbeat):
     viewer, _ = viewer_session
-    noisy, _ = _image()
-    image = viewer.add_image(noisy, name="noisy")
-    widget = add_dock(viewer, WIDGET)
-    widget.layer_combo.set_layer(image)
+    image, noisy, widget = _on_noisy_layer(viewer, add_dock)
     frames = []
     widget.preview_updated.connect(frames.append)
     for value in np.linspace(0.0, 1.5, 12):  # a drag: many moves in quick succession
@@ -131,10 +137,7 @@ def test_preview_of_a_stack_follows_the_slice(viewer_session, add_dock, qtbot):
 
 def test_apply_to_layer_records_the_gates(viewer_session, add_dock, qtbot):
     viewer, state = viewer_session
-    noisy, _ = _image()
-    image = viewer.add_image(noisy, name="noisy")
-    widget = add_dock(viewer, WIDGET)
-    widget.layer_combo.set_layer(image)
+    image, noisy, widget = _on_noisy_layer(viewer, add_dock)
     widget.live_check.setChecked(False)
     widget.set_gates([0.5, 0.0, 1.25])
     assert widget.apply()
@@ -313,10 +316,7 @@ def test_an_rgba_layer_is_previewed_without_its_alpha_as_apply_denoises_it(viewe
 
 def test_the_preview_follows_new_data_and_data_edited_in_place(viewer_session, add_dock, qtbot):
     viewer, _ = viewer_session
-    noisy, _ = _image()
-    image = viewer.add_image(noisy, name="noisy")
-    widget = add_dock(viewer, WIDGET)
-    widget.layer_combo.set_layer(image)
+    image, noisy, widget = _on_noisy_layer(viewer, add_dock)
     with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
         assert widget.request_preview()
     qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
