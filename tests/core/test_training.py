@@ -271,6 +271,31 @@ def test_closing_the_generator_mid_epoch_leaves_files(tmp_path):
     assert meta["status"] == "stopped" and meta["metrics"]["epoch"] == 1
 
 
+def test_a_run_closed_or_dropped_before_it_starts_leaves_the_process_group_and_writes_nothing(
+    tmp_path, monkeypatch
+):
+    from napari_addunet.engine import training
+
+    left = []
+    monkeypatch.setattr(training.ddp, "teardown", lambda ctx: left.append(ctx))
+    out = tmp_path / "m.safetensors"
+    gen = train_events(small_data(), tiny(), SMALL, output=out)
+    gen.close()
+    assert len(left) == 1 and not out.exists()
+    gen.close()  # closing again does nothing more
+    assert len(left) == 1
+    with pytest.raises(StopIteration):
+        next(gen)
+    train_events(small_data(), tiny(), SMALL)  # dropped unstarted
+    import gc
+
+    gc.collect()
+    assert len(left) == 2
+    # a started run leaves the group once, when it ends, however it is iterated
+    result = train(small_data(), tiny(), SMALL)
+    assert result.reason == "completed" and len(left) == 3
+
+
 def stop_at_step_7(output, config=SMALL) -> None:
     """Train the SMALL run (or ``config``) into ``output`` and stop it after step 7 (of 10)."""
     stop = threading.Event()

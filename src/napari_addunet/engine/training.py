@@ -1147,7 +1147,44 @@ def train_events(
     run = _Run(
         data, model, config, validation, output, resume, overwrite, stop, command, model_settings, overrides
     )
-    return run.events()
+    return _RunEvents(run)
+
+
+class _RunEvents(Generator):
+    """The events of a prepared run, as a generator that also cleans up if never started.
+
+    A plain generator closed (or dropped) before its first ``next()`` runs none of its code,
+    so the process group that :class:`_Run` joined while preparing would stay open. This
+    wrapper leaves it in that case; once started, the run's own generator does.
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._events = run.events()
+        self._started = False
+        self._closed = False
+
+    def send(self, value: Any) -> TrainingEvent:
+        self._started = True
+        return self._events.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> TrainingEvent:
+        if not self._started:
+            self.close()
+        if val is None and tb is None:
+            return self._events.throw(typ)
+        return self._events.throw(typ, val, tb)
+
+    def close(self) -> None:
+        if not self._started and not self._closed:
+            ddp.teardown(self._run.ctx)
+        self._closed = True
+        self._events.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self._started:
+                self.close()
 
 
 def train(
