@@ -355,6 +355,29 @@ def test_the_preview_is_of_the_slice_on_screen_when_layers_have_other_units(view
     assert widget.last_frame.position == {"Z": shown}  # was read in the wrong units: Z 19
 
 
+def test_the_preview_of_a_sheared_stack_is_of_the_slice_on_screen(viewer_session, add_dock, qtbot):
+    viewer, _ = viewer_session
+    noisy, _ = _image((20, 64, 64))
+    sheared = viewer.add_image(noisy, name="sheared", shear=[0.3, 0.0, 0.0])  # Z moves with Y
+    viewer.dims.set_current_step(0, 4)
+    shown = int(round(sheared._slicing_state.data_slice.point[0]))  # the slice napari draws
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(sheared)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert shown == 4 and widget.last_frame.position == {"Z": shown}  # was Z 0: the shear moved it
+    # and the preview is drawn on that slice, over the pixels it was computed from
+    preview = widget.preview_layer
+    assert round(preview._slicing_state.data_slice.point[0]) == 0
+    on_screen = list(viewer.dims.displayed)
+    np.testing.assert_allclose(
+        preview._data_to_world.set_slice(on_screen)((0.0, 0.0)),
+        sheared._data_to_world.set_slice(on_screen)(widget.last_frame.origin),
+        atol=1e-9,
+    )
+
+
 def test_axes_typed_for_an_rgb_layer_that_do_not_fit_are_explained(viewer_session, add_dock):
     viewer, _ = viewer_session
     rgb = viewer.add_image(

@@ -163,16 +163,26 @@ def test_compare_of_rgba_layers_scores_the_colours_not_the_alpha(viewer_session,
     assert readout.quality["psnr"] == pytest.approx(colours.psnr)
 
 
-def test_world_points_are_read_in_each_layers_units(viewer_session):
-    from napari_addunet._widgets._common import layer_world_point
+def test_view_points_are_the_slice_napari_draws_in_each_layers_units_and_transform(viewer_session):
+    from napari_addunet._widgets._common import layer_view_point
 
     viewer, _ = viewer_session
     rng = np.random.default_rng(0)
-    um = viewer.add_image(rng.random((20, 16, 16)).astype(np.float32), name="um", units="um")
-    nm = viewer.add_image(
-        rng.random((20, 16, 16)).astype(np.float32), name="nm", units="nm", scale=(500, 1000, 1000)
-    )
-    viewer.dims.set_current_step(0, 6)
-    for layer in (um, nm):  # the slice the probabilities and the preview read is the one drawn
-        index = layer.world_to_data(layer_world_point(viewer, layer, viewer.dims.point))
-        assert round(index[0]) == round(layer._slicing_state.data_slice.point[0])
+    stack = rng.random((20, 16, 16)).astype(np.float32)
+    tie = np.array([[1, 0.4, 0.1, 3], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])  # Z moves with Y and X
+    layers = [
+        viewer.add_image(stack, name="um", units="um"),
+        viewer.add_image(stack, name="nm", units="nm", scale=(500, 1000, 1000)),
+        viewer.add_image(stack, name="sheared", shear=[0.5, 0.2, 0.1], scale=(2, 1, 1)),
+        viewer.add_image(stack, name="tied", affine=tie),
+    ]
+    for step in (3, 6, 9):
+        viewer.dims.set_current_step(0, step)
+        for layer in layers:  # the slice the probabilities and the preview read is the one drawn
+            point = layer_view_point(viewer, layer)
+            assert round(point[0]) == round(layer._slicing_state.data_slice.point[0]), layer.name
+    # on screen, the data point returned is the one napari draws there
+    shown = list(viewer.dims.displayed)
+    for layer in layers[2:]:
+        at = layer_view_point(viewer, layer, (5.0, 7.0))
+        np.testing.assert_allclose(layer._data_to_world.set_slice(shown)(at[1:]), (5.0, 7.0), atol=1e-9)

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QLabel, QLineEdit, QSizePolicy, QWidget
 
@@ -108,6 +109,56 @@ def layer_world_point(viewer: Any, layer: Any, point: Any) -> list[float]:
             continue
         out[offset + i] *= factor
     return out
+
+
+def layer_view_point(viewer: Any, layer: Any, on_screen: Any = None) -> np.ndarray:
+    """A point of the view in ``layer``'s data coordinates, as napari draws the layer.
+
+    napari takes the slice of the axes off screen from their own part of the layer's
+    transform, and draws the axes on screen with theirs: a shear or rotation that ties the
+    two together is left out of both (the slice from the inverse transform, the drawing
+    from the forward one). The numbers are computed the same way, so that a sheared stack
+    reads the slice and the place on screen.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    layer
+        An image layer.
+    on_screen
+        World coordinates of the axes on screen (e.g. the camera centre), one per displayed
+        dimension; None: the viewer's dims point.
+
+    Returns
+    -------
+    numpy.ndarray
+        One number per axis of the layer: the slice napari shows along the axes off screen,
+        the point ``on_screen`` along the others.
+    """
+    dims = viewer.dims
+    point = [float(v) for v in dims.point]
+    if on_screen is not None:
+        for d, c in zip(dims.displayed, list(on_screen), strict=True):
+            point[d] = float(c)
+    off = list(point)
+    for d in dims.displayed:
+        off[d] = 0.0
+    out = np.asarray(layer.world_to_data(layer_world_point(viewer, layer, off)), dtype=float)
+    lead = len(point) - len(out)
+    on = np.asarray([d - lead for d in dims.displayed if d - lead >= 0], dtype=int)
+    if on.size:
+        world = np.asarray(layer_world_point(viewer, layer, point), dtype=float)[lead:]
+        base, forward = layer_forward(layer)
+        out[on] = np.linalg.solve(forward[np.ix_(on, on)], world[on] - base[on])
+    return out
+
+
+def layer_forward(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's data-to-world transform as ``world = base + forward @ data`` (layer axes)."""
+    base = np.asarray(layer.data_to_world(np.zeros(layer.ndim)), dtype=float)
+    columns = [np.asarray(layer.data_to_world(e), dtype=float) - base for e in np.eye(layer.ndim)]
+    return base, np.stack(columns, axis=1)
 
 
 def without_alpha(layer: Any, axes: str | None) -> Any:

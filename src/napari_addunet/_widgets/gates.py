@@ -55,7 +55,8 @@ from ._common import (
     call_when_destroyed,
     camera_of,
     is_deleted,
-    layer_world_point,
+    layer_forward,
+    layer_view_point,
     real_viewer,
     set_status,
     show_error,
@@ -78,6 +79,31 @@ def _render(preview: SlicePreview, request: PreviewRequest) -> Outcome:
         return Outcome("done", value=preview.update(request), seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - shown in the status line
         return Outcome("error", error=exc, seconds=time.perf_counter() - t0)
+
+
+def preview_translate(layer: Any, offset: Any, shown: Any) -> np.ndarray:
+    """The ``translate`` that draws a block cut from ``layer`` at ``offset`` where it was cut.
+
+    The block gets the layer's scale, rotation, shear and affine. napari draws the axes on
+    screen (``shown``, layer axis indices) through their own part of the transform and picks
+    the slice of the others through theirs (see ``layer_view_point``), so with a shear or
+    rotation that ties them together the block's first slice must land on the slice
+    on screen, and its first pixel on ``offset``'s, each in its own part: a linear solve.
+    Without such ties this is the layer's transform applied to ``offset``.
+    """
+    n = layer.ndim
+    offset = np.asarray(offset, dtype=float)
+    _, forward = layer_forward(layer)
+    inverse = np.linalg.inv(forward)
+    on = np.asarray(list(shown), dtype=int)
+    off = np.asarray([i for i in range(n) if i not in set(on.tolist())], dtype=int)
+    shift = np.zeros(n)
+    shift[on] = forward[np.ix_(on, on)] @ offset[on]
+    if off.size:
+        rhs = offset[off] - inverse[np.ix_(off, on)] @ shift[on]
+        shift[off] = np.linalg.solve(inverse[np.ix_(off, off)], rhs)
+    outer = np.asarray(layer.affine.affine_matrix, dtype=float)[-n - 1 : -1, -n - 1 : -1]
+    return np.asarray(layer.translate, dtype=float) + np.linalg.solve(outer, shift)
 
 
 class GatesWidget(QWidget):
@@ -378,12 +404,8 @@ class GatesWidget(QWidget):
                 f"the axes {axes} do not fit {layer.name!r}: napari shows it with {layer.ndim} "
                 f"dimensions{colour}"
             )
-        world = list(dims.point)
         center = list(camera_of(self.viewer).center)[-len(dims.displayed) :]
-        for d, c in zip(dims.displayed, center, strict=True):
-            world[d] = c
-        point = np.asarray(layer.world_to_data(layer_world_point(self.viewer, layer, world)), dtype=float)
-        point = point[-len(spatial) :]
+        point = layer_view_point(self.viewer, layer, center)[-len(spatial) :]
         offset = dims.ndim - len(spatial)
         shown = {spatial[d - offset] for d in dims.displayed if d - offset >= 0}
         if shown != {"Y", "X"}:
@@ -391,7 +413,7 @@ class GatesWidget(QWidget):
                 f"the preview shows Y-X planes, but the view shows {''.join(sorted(shown))}; "
                 "reset the dimension order (napari's 'transpose' and 'roll' buttons)"
             )
-        position = {a: int(round(point[i])) for i, a in enumerate(spatial) if a in "TZ"}
+        position = {a: int(np.round(point[i])) for i, a in enumerate(spatial) if a in "TZ"}
         for a in list(position):
             n = layer.data.shape[axes.index(a)]
             position[a] = min(max(position[a], 0), n - 1)
@@ -495,8 +517,6 @@ class GatesWidget(QWidget):
 
     def _show(self, layer: Any, frame: Any) -> None:
         """Put the frame in the preview layer (created once, then updated in place)."""
-        from napari.utils.transforms import Affine
-
         axes = frame.axes
         lead = sorted(axes.index(a) for a in frame.position)
         data = np.expand_dims(frame.block, axis=lead) if lead else frame.block
@@ -509,8 +529,8 @@ class GatesWidget(QWidget):
                 offset[i] = frame.origin[0]
             elif a == "X":
                 offset[i] = frame.origin[1]
-        place = Affine(scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear)
-        translate = np.asarray(place(offset))
+        shown = [spatial.index("Y"), spatial.index("X")]
+        translate = preview_translate(layer, offset, shown)
         meta = {
             "napari_addunet": {"preview_of": layer.name, "gates": list(frame.gates), "origin": frame.origin}
         }

@@ -43,7 +43,7 @@ from ._common import (
     axes_edit,
     axes_of,
     call_when_destroyed,
-    layer_world_point,
+    layer_view_point,
     real_viewer,
     set_status,
     show_error,
@@ -284,7 +284,7 @@ class ReadoutWidget(QWidget):
             )
             self._draw_bars(None)
             return
-        index = layer.world_to_data(layer_world_point(self.viewer, layer, self.viewer.dims.point))
+        index = layer_view_point(self.viewer, layer)
         p = probabilities_at(layer.metadata[METADATA_KEY], index)
         self.probabilities = p
         if p is None:
