@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -61,6 +62,7 @@ ROWS: dict[str, str] = {
     "n2v-train400": "Noise2Void on noisy Train400 (one noise draw per image)",
     "supervised-train400": "supervised on clean Train400 (fresh noise every step)",
 }
+SUPERVISED_ROWS = {"supervised-train400"}
 REFERENCES: dict[str, str] = {
     "addunet-bundled": "bundled blind model (supervised, long training)",
     "bm3d": "BM3D",
@@ -131,8 +133,9 @@ def training_data(name: str, sigma: float, train_files: list[Path], test_files: 
     raise ValueError(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
 
 
-def row_settings(args: argparse.Namespace) -> dict[str, Any]:
+def row_settings(args: argparse.Namespace, network: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a row's result depends on (a cached row with other settings is measured again)."""
+    network = NETWORK if network is None else network
     return {
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -141,7 +144,7 @@ def row_settings(args: argparse.Namespace) -> dict[str, Any]:
         "mask_fraction": args.mask_fraction,
         "seed": args.seed,
         "bf16": args.bf16,
-        "network": {k: list(v) if isinstance(v, tuple) else v for k, v in NETWORK.items()},
+        "network": {k: list(v) if isinstance(v, tuple) else v for k, v in network.items()},
     }
 
 
@@ -163,7 +166,8 @@ def run_row(
     config = _select_config().budget_config(args, sigma, sigma)
     config.update(mask_fraction=args.mask_fraction, cpu_bf16=args.bf16)
     models_dir.mkdir(parents=True, exist_ok=True)
-    out = models_dir / f"{name}-s{sigma:g}.safetensors"
+    settings = row_settings(args, network)
+    out = models_dir / model_file_name(name, sigma, settings)
     command = (
         f"python benchmarks/self_supervised.py --data <data> --only {name} --sigmas {sigma:g} "
         f"--steps {args.steps} --batch-size {args.batch_size} --patch-size {args.patch_size} "
@@ -203,7 +207,8 @@ def run_row(
         "ssim": round(mean["ssim"], 4),
         "input_psnr": round(mean["input_psnr"], 3),
         "parameters": sum(p.numel() for p in final.parameters()),
-        "settings": row_settings(args),
+        "settings": settings,
+        "model_file": out.name,
         "scored": "last weights",
         "date": datetime.date.today().isoformat(),
         "command": command,
@@ -233,8 +238,20 @@ def references(sigma: float, denoising: dict[str, Any] | None) -> list[dict[str,
 
 
 def _key(name: str, sigma: float, settings: dict[str, Any]) -> str:
-    """A row's place in the JSON file: its name, noise level and every setting it depends on."""
+    """A row's place in the JSON file: its name, noise level and every setting it depends on.
+
+    A supervised row does not mask pixels, so its mask fraction is left out: runs that differ
+    only in it share the supervised row instead of training it again.
+    """
+    if name in SUPERVISED_ROWS:
+        settings = _budget(settings)
     return f"{name}@{sigma:g} " + json.dumps(settings, sort_keys=True)
+
+
+def model_file_name(name: str, sigma: float, settings: dict[str, Any]) -> str:
+    """The file of a row's trained model: one per row, so runs with other settings keep theirs."""
+    digest = hashlib.sha256(_key(name, sigma, settings).encode()).hexdigest()[:10]
+    return f"{name}-s{sigma:g}-{digest}.safetensors"
 
 
 def _budget(settings: dict[str, Any]) -> dict[str, Any]:
@@ -327,15 +344,24 @@ def findings(sigma: float, doc: dict[str, Any], denoising: dict[str, Any] | None
 
 
 def _load() -> dict[str, Any]:
-    return json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {"rows": {}}
+    doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {"rows": {}}
+    # keyed as _key keys them now (rows written before a key rule changed keep their place)
+    doc["rows"] = {_key(r["name"], r["sigma"], r["settings"]): r for r in doc["rows"].values()}
+    return doc
 
 
 def _write(doc: dict[str, Any]) -> None:
     from napari_addunet.engine.atomic import atomic_write_text
 
-    denoising = json.loads(DENOISING_JSON.read_text()) if DENOISING_JSON.exists() else None
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT_JSON, json.dumps(doc, indent=2) + "\n")
+    _write_markdown(doc)
+
+
+def _write_markdown(doc: dict[str, Any]) -> None:
+    from napari_addunet.engine.atomic import atomic_write_text
+
+    denoising = json.loads(DENOISING_JSON.read_text()) if DENOISING_JSON.exists() else None
     atomic_write_text(OUT_MD, markdown(doc, denoising))
 
 
@@ -368,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         if not OUT_JSON.exists():
             raise SystemExit(f"{OUT_JSON.name} does not exist yet: measure the rows first")
-        _write(_load())
+        _write_markdown(_load())  # the measurements stay as they are
         print(f"wrote {OUT_MD.name}")
         return
     if args.data is None:

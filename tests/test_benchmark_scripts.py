@@ -745,10 +745,17 @@ def test_self_supervised_trains_noise2void_on_exactly_the_scored_noisy_images(tm
     assert row["mode"] == "noise2void" and row["steps"] == 200 and row["training_images"] == 3
     assert row["psnr"] > row["input_psnr"] + 1.0  # learned to denoise with no clean image
     # scored on the last weights (the loop returns its best epoch by training loss)
-    saved = na.load_model(tmp_path / "models" / "n2v-test-s25.safetensors")
+    saved = na.load_model(tmp_path / "models" / row["model_file"])
     assert row["scored"] == "last weights"
     assert saved.metadata["training"]["weights"] == "the last, after step 200"
-    assert (tmp_path / "models" / "n2v-test-s25.safetensors").is_file()
+    assert row["settings"]["network"] == {"width": 16, "kernels": [5, 3, 3, 1]}  # what was trained
+    # every row keeps its own model file; a supervised row does not depend on the mask
+    other_mask = dict(row["settings"], mask_fraction=0.05)
+    assert ss.model_file_name("n2v-test", 25.0, other_mask) != row["model_file"]
+    assert ss._key("n2v-test", 25.0, other_mask) != ss._key("n2v-test", 25.0, row["settings"])
+    assert ss._key("supervised-train400", 25.0, other_mask) == ss._key(
+        "supervised-train400", 25.0, row["settings"]
+    )
 
     supervised = dict(row, name="supervised-train400", mode="supervised", psnr=30.0)
     longer = dict(row, steps=800, psnr=row["psnr"] + 0.5, settings=dict(row["settings"], steps=800))
@@ -833,6 +840,8 @@ def test_self_supervised_render_rewrites_the_table_from_the_json_files_alone(tmp
     ss.main(["--render"])
     assert "29.17" in ss.OUT_MD.read_text() and "29.15" not in ss.OUT_MD.read_text()
     assert json.loads(ss.OUT_JSON.read_text()) == {"rows": {"a": row}}  # the measurements untouched
+    # rows stored under keys of an earlier rule are found under today's keys
+    assert list(ss._load()["rows"]) == [ss._key(row["name"], row["sigma"], row["settings"])]
 
 
 def test_summary_marks_a_gate_sweep_made_on_other_weights_than_the_scored_bundled_model():
