@@ -114,8 +114,10 @@ class Session:
         CheckpointError, FileNotFoundError
             The active model is then unchanged.
         """
-        from napari_addunet.engine.checkpoint import bundled_models, load_model
+        from napari_addunet.engine.checkpoint import DEFAULT_MODEL, bundled_models, load_model
 
+        if source is None:  # as load_model(None): the bundled default
+            source = DEFAULT_MODEL
         model = load_model(source, device="cpu")
         label = f"bundled {source}" if isinstance(source, str) and source in bundled_models() else str(source)
         self.set_model(model, label)

@@ -88,6 +88,12 @@ def test_identity_model_scores_the_noisy_input(folder):
         assert row.psnr == pytest.approx(row.input_psnr) and row.ssim == pytest.approx(row.input_ssim)
 
 
+def test_a_model_that_outputs_nan_is_refused_not_scored_as_black(folder):
+    broken = shift_model(float("nan"))
+    with pytest.raises(EvaluationError, match="non-finite values .* on a.png at sigma 25"):
+        evaluate(broken, folder, [25])
+
+
 def test_table_and_json(folder):
     report = evaluate(shift_model(0.0), [folder / "a.png", folder / "c.png"], [15])
     table = report.table()

@@ -92,6 +92,14 @@ def test_class_csv_formats(tmp_path):
     bad.write_text("layer,slice,class\nstack,x,a\n")
     with pytest.raises(DataError, match="line 2"):
         read_layer_classes(bad)
+    gaps = tmp_path / "gaps.csv"  # blank lines count: the message names the line in the file
+    gaps.write_text("layer,slice,class\n\n\nstack,0,a\n\nstack,x,b\n")
+    with pytest.raises(DataError, match="line 6"):
+        read_layer_classes(gaps)
+    no_header = tmp_path / "no_header.csv"
+    no_header.write_text("\nstack,0,a\nstack,y,b\n")
+    with pytest.raises(DataError, match="line 3"):
+        read_layer_classes(no_header)
     with pytest.raises(DataError, match="does not exist"):
         read_layer_classes(tmp_path / "missing.csv")
 

@@ -151,3 +151,7 @@ def test_rgba_layers_keep_their_alpha(model):
     from napari_addunet.engine.noise_estimate import estimate_sigma
 
     assert result.record.sigma_before == pytest.approx(estimate_sigma(rgba[..., :3], "YXC"))
+    assert result.record.megapixels == pytest.approx(24 * 28 * 3 / 1e6)  # the alpha is not processed
+    # the same with the axes typed: the alpha is kept, not denoised as a fourth channel
+    typed = run_layer_denoise(model, snap, axes="YXC", device="cpu")
+    np.testing.assert_array_equal(typed.layers[0][0], den)

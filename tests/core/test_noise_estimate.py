@@ -80,3 +80,25 @@ def test_low_noise_on_integer_data_is_not_stuck_on_a_few_values(sigma):
     # the plain median of multiples of 0.5 gave 0.741 for sigma 0.5 and 1.0, 2.224 for 2.0 and 2.5
     assert plane_sigma(x) == pytest.approx(observed, rel=0.06)
     assert plane_sigma(x.astype(np.float32)) == plane_sigma(x)  # integer values in a float array
+
+
+def test_integer_data_with_huge_values_is_estimated_in_little_memory(monkeypatch):
+    import napari_addunet.engine.noise_estimate as ne
+
+    rng = np.random.default_rng(6)
+    x = (1000 + 5 * rng.standard_normal((64, 64))).round().astype(np.int32)
+    clean = plane_sigma(x)
+    asked = []
+    real = np.bincount
+
+    def bincount(values, *args, **kwargs):  # a bin per integer up to the largest: 2^31 of them
+        asked.append(int(values.max()) + 1)
+        if asked[-1] > 10**7:
+            raise MemoryError(f"{asked[-1]} bins")
+        return real(values, *args, **kwargs)
+
+    monkeypatch.setattr(ne.np, "bincount", bincount)
+    hot = x.copy()
+    hot[10, 10] = 2**31 - 1  # one saturated pixel
+    assert plane_sigma(hot) == pytest.approx(clean, rel=0.05)
+    assert all(n <= 10**7 for n in asked)

@@ -123,6 +123,8 @@ def test_ensure_model_loads_the_bundled_default():
     model = state.ensure_model()
     assert model.architecture == "addunet" and state.model_source == "bundled addunet-gray-blind"
     assert state.ensure_model() is model
+    state.load(None)  # as load_model(None): the bundled default, named as such
+    assert state.model_source == "bundled addunet-gray-blind"
 
 
 def test_chosen_gates_are_checked_against_the_active_model():

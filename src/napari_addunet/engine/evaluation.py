@@ -305,7 +305,14 @@ def evaluate(
         for img_name, clean in data:
             t0 = time.perf_counter()
             noisy = add_protocol_noise(clean, s)
-            out = to_uint8(run_model(net, noisy, dev, ensemble))
+            raw = run_model(net, noisy, dev, ensemble)
+            if not np.isfinite(raw).all():  # to_uint8 would score NaN as black
+                bad = int((~np.isfinite(raw)).sum())
+                raise EvaluationError(
+                    f"{name} gives {bad} non-finite values (NaN or inf) on {img_name} at sigma {s:g}: "
+                    "the weights are damaged or the model diverged in training"
+                )
+            out = to_uint8(raw)
             noisy8 = to_uint8(noisy)
             rows.append(
                 EvaluationRow(

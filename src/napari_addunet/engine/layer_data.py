@@ -44,7 +44,10 @@ def read_layer_classes(path: str | os.PathLike) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"class file {path.name} does not exist")
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [[c.strip() for c in r] for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        reader = csv.reader(fh)
+        numbered = [(reader.line_num, [c.strip() for c in r]) for r in reader]
+    numbered = [(n, r) for n, r in numbered if any(r)]  # blank lines keep their numbers
+    rows = [r for _, r in numbered]
     if not rows:
         raise DataError(f"class file {path.name} is empty")
     names = {
@@ -66,7 +69,7 @@ def read_layer_classes(path: str | os.PathLike) -> dict[str, str]:
     else:
         raise DataError(f"class file {path.name}: expected columns layer,class or layer,slice,class")
     out: dict[str, str] = {}
-    for lineno, row in enumerate(body, start=len(rows) - len(body) + 1):
+    for lineno, row in numbered[len(rows) - len(body) :]:
         try:
             key = _strip_ext(row[cols["layer"]])
             if "slice" in cols and row[cols["slice"]] != "":

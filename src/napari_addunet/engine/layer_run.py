@@ -262,7 +262,8 @@ def iter_layer_denoise(
     t0 = time.perf_counter()
     want_classes = classify is not False and has_head
     data, alpha = snapshot.data, None
-    if snapshot.rgb and axes is None and snapshot.data.shape[-1] == 4:
+    typed_colour = axes is not None and axes.upper().endswith("C")  # e.g. YXC typed for the layer
+    if snapshot.rgb and (axes is None or typed_colour) and snapshot.data.shape[-1] == 4:
         data, alpha = snapshot.data[..., :3], snapshot.data[..., 3:]  # RGBA: alpha is kept as it is
     result = yield from iter_denoise(
         model,
@@ -284,6 +285,7 @@ def iter_layer_denoise(
     source = np.asarray(data)  # the colour channels of RGBA: the alpha carries no noise
     sigma_before = _sigma(source, result.axes)
     sigma_after = _sigma(denoised, result.axes)
+    values = float(np.prod(denoised.shape)) / 1e6  # processed: without an RGBA layer's alpha
     res = None
     if residual:
         res = source.astype(np.float32) - denoised
@@ -292,7 +294,6 @@ def iter_layer_denoise(
         denoised = np.concatenate([denoised, kept], axis=-1)
         res = np.concatenate([res, kept], axis=-1) if res is not None else None
     _stop_if_cancelled(cancel)  # the last chance: no layer is added after a cancel
-    values = float(np.prod(denoised.shape)) / 1e6
     name = snapshot.name
     out_names = [DENOISED.format(name=name)] + ([RESIDUAL.format(name=name)] if res is not None else [])
     record = RunRecord(

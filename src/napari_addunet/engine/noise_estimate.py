@@ -69,14 +69,16 @@ def plane_sigma(plane: Any) -> float:
 
 def _binned_median(values: np.ndarray, step: float) -> float:
     """Median of values on a grid of ``step``, each spread over its bin (a grouped median)."""
-    k = np.round(values / step).astype(np.int64)
-    counts = np.bincount(k)
+    # only the bins that hold values: memory follows the number of values, not the largest
+    # one (a single saturated pixel of an int32 image would ask for 2^31 empty bins)
+    bins, counts = np.unique(np.round(values / step).astype(np.int64), return_counts=True)
     # bin 0 holds |d| < step/2 (width step/2); bin k > 0 holds [(k - 1/2) step, (k + 1/2) step)
-    edges_low = np.maximum((np.arange(len(counts)) - 0.5) * step, 0.0)
-    widths = np.where(np.arange(len(counts)) == 0, step / 2, step)
-    below = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    edges_low = np.maximum((bins - 0.5) * step, 0.0)
+    widths = np.where(bins == 0, step / 2, step)
+    upto = np.cumsum(counts)
+    below = upto - counts
     half = values.size / 2.0
-    b = int(np.searchsorted(np.cumsum(counts), half, side="left"))
+    b = int(np.searchsorted(upto, half, side="left"))
     return float(edges_low[b] + (half - below[b]) / counts[b] * widths[b])
 
 
