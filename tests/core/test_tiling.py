@@ -177,6 +177,47 @@ def test_small_overlap_warns_and_stays_close(addunet_rf43):
     assert np.abs(y - _reference(addunet_rf43, x)).max() < 0.5
 
 
+def test_an_overlap_of_twice_the_context_off_the_pooling_grid_warns_when_not_exact():
+    import warnings
+
+    from napari_addunet.engine.inference import predict
+
+    torch.manual_seed(0)
+    model = create_model("addunet", width=3, kernels=(3, 3, 3), multiscale=True).eval()
+    rf, m = model_receptive_field(model), model.size_multiple
+    assert (rf // 2) % m != 0  # 2 x context is not a multiple of the pooling grid
+    x = np.random.default_rng(170).random((170, 170), dtype=np.float32)
+    reference = _reference(model, x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = predict(model, x, tile=135, overlap=2 * (rf // 2), device="cpu", normalization="none")
+    off = np.abs(result.denoised - reference).max()
+    warned = any("no longer identical" in str(w.message) for w in caught)
+    assert not result.details["exact_tiling"] and off > 1e-4 and warned  # was silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default overlap is exact, and says nothing
+        exact = predict(model, x, tile=135, device="cpu", normalization="none")
+    assert exact.details["exact_tiling"] and np.abs(exact.denoised - reference).max() <= 1e-4
+
+
+def test_an_overlap_given_for_a_model_of_unknown_receptive_field_is_taken_as_is(addunet_rf43, monkeypatch):
+    import warnings
+
+    from napari_addunet.engine import inference
+
+    def unknown(model):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr(inference, "model_receptive_field", unknown)
+    x = np.random.default_rng(6).random((64, 64), dtype=np.float32)
+    with pytest.raises(inference.TileError, match="pass overlap="):
+        denoise(addunet_rf43, x, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no claim about a receptive field nobody knows
+        y = denoise(addunet_rf43, x, overlap=41, tile=0, device="cpu", normalization="none")
+    np.testing.assert_array_equal(y, _reference(addunet_rf43, x))
+
+
 def test_untiled_option(addunet_rf43):
     x = np.random.default_rng(5).random((90, 70), dtype=np.float32)
     y = denoise(addunet_rf43, x, tile=0, device="cpu", normalization="none")
@@ -247,6 +288,28 @@ def test_oom_reduces_batch_first():
     assert [d.key for d in done] == list(range(8))
     assert all(np.all(d.image == 2.0 * d.key) for d in done)
     assert runner.oom_events[0].startswith("batch size") and runner.tile == 256
+
+
+def test_oom_on_a_single_tile_shrinks_the_tile_at_once_and_by_area():
+    calls: list = []
+    runner = TiledRunner(
+        _fake_oom_forward(128 * 128, calls), tile=1024, overlap=8, context=4, floor=32, on_oom=None
+    )
+    plane = np.random.default_rng(0).random((1, 256, 256), dtype=np.float32)
+    done = [e for e in runner.run([("a", plane)]) if type(e).__name__ == "PlaneDone"]
+    np.testing.assert_allclose(done[0].image, plane * 2.0, rtol=1e-6)
+    # a batch of one was sent: halving a batch it never used retried the same call 4 times
+    assert runner.oom_events == ["tile 256 -> 128"]
+    # a long thin plane with no tile limit: the tile's area is halved, not its long side
+    calls.clear()
+    runner = TiledRunner(
+        _fake_oom_forward(100 * 100, calls), tile=0, overlap=8, context=4, floor=32, on_oom=None
+    )
+    strip = np.random.default_rng(1).random((1, 2000, 100), dtype=np.float32)
+    done = [e for e in runner.run([("b", strip)]) if type(e).__name__ == "PlaneDone"]
+    np.testing.assert_allclose(done[0].image, strip * 2.0, rtol=1e-6)
+    assert runner.oom_events[0] == "tile 447 -> 223"
+    assert len(calls) - sum(1 for c in calls if c[0] * c[2] * c[3] <= 100 * 100) == len(runner.oom_events)
 
 
 def test_oom_below_floor_is_a_clear_error():

@@ -377,16 +377,14 @@ def iter_denoise(
                 f"could not compute the receptive field of this {type(model).__name__} ({exc}); "
                 "pass overlap= (pixels) explicitly"
             ) from exc
-        rf = int(overlap) + 1
-    context = rf // 2
+        rf = None
     ov = default_overlap(rf, multiple) if overlap is None else _int_setting("overlap", overlap, 0)
-    if ov < 2 * context:
-        warnings.warn(
-            f"overlap={ov} is smaller than this model's receptive field needs ({2 * context} px): "
-            "tiles are blended across the overlap, but the result is no longer identical to "
-            "untiled processing",
-            stacklevel=2,
-        )
+    if rf is None:  # unknown: the overlap given is taken as what the model needs
+        rf = 2 * (ov // 2) + 1
+        rf_known = False
+    else:
+        rf_known = True
+    context = rf // 2
     plane = (layout.height, layout.width)
     if tile is None:
         # The cheap bound settles images that fit in one tile; others need the live estimate.
@@ -399,6 +397,13 @@ def iter_denoise(
     if batch_size is not None:
         batch_size = _int_setting("batch_size", batch_size, 1)
     plan = plan_tiles(plane, tile_px, ov, multiple, context)  # raises TileError early
+    if rf_known and not plan.exact:
+        warnings.warn(
+            f"overlap={ov} is smaller than this model's receptive field needs with its size multiple "
+            f"of {multiple} ({default_overlap(rf, multiple)} px): tiles are blended across the overlap, "
+            "but the result is no longer identical to untiled processing",
+            stacklevel=2,
+        )
     want_classes = classify and getattr(model, "head", None) is not None
     settings = Settings(
         model=model,

@@ -585,6 +585,7 @@ class TiledRunner:
         self.batch_size = batch_size
         self.on_oom = on_oom
         self._batch_cap: int | None = None
+        self._in_flight = 1  # the batch of the last forward call
         self.oom_events: list[str] = []
         self.tiles_run = 0
         self.seconds = 0.0
@@ -658,17 +659,22 @@ class TiledRunner:
     def _shrink(self, exc: BaseException, plan: TilePlan) -> None:
         if self.on_oom is not None:
             self.on_oom()
-        batch = self._batch_for(plan.tiles[0].shape)
+        batch = self._in_flight  # what was sent, not the batch the tile size would allow
         if batch > 1:
             self._batch_cap = max(1, batch // 2)
             self.oom_events.append(f"batch size {batch} -> {self._batch_cap}")
             return
-        current = max(plan.tiles[0].shape) if self.tile <= 0 else min(self.tile, max(plan.tiles[0].shape))
+        # tiles are planned by area: halve the side of a square of the largest tile's area,
+        # so that the new plan has smaller tiles (a 2000 x 100 plane is not cut by a 1000 px side)
+        largest = math.isqrt(max(t.shape[0] * t.shape[1] for t in plan.tiles))
+        setting = self.tile if self.tile > 0 else largest
+        current = min(setting, largest)
         new = _floor_to(current // 2, self.multiple)
         if new < self.floor:
-            if current > self.floor:
+            if setting > self.floor:
                 new = self.floor
             else:
+                current = setting
                 last = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise TileMemoryError(
                     f"out of device memory even with {current} px tiles and a batch of 1 (the "
@@ -698,6 +704,7 @@ class TiledRunner:
             bs = self._batch_for(shape)
             for i in range(0, len(group), bs):
                 part = group[i : i + bs]
+                self._in_flight = len(part)
                 batch = np.stack([chunk[p][1][(slice(None), *t.read)] for p, t in part])
                 t0 = time.perf_counter()
                 images, feats = self.forward(
