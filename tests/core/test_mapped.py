@@ -82,10 +82,18 @@ def test_a_writable_shared_map_keeps_what_was_written(stack_file):
 
 
 @linux_only
-def test_denoising_a_mapped_stack_does_not_keep_it_resident(stack_file, monkeypatch):
+@pytest.mark.parametrize("as_float", [False, True], ids=["uint16", "float32 without normalisation"])
+def test_denoising_a_mapped_stack_does_not_keep_it_resident(stack_file, monkeypatch, tmp_path, as_float):
     """Through the engine's plane loop: with the release, the stack's pages do not pile up;
-    without it (patched out), they do; the result is the same."""
+    without it (patched out), they do; the result is the same. A float32 stack read with no
+    normalisation is the map itself until copied: its pages came back while the model read it."""
     path, data = stack_file
+    norm = "percentile"
+    if as_float:
+        data = (data / 60000.0).astype(np.float32)
+        path = tmp_path / "stack-float.raw"
+        data.tofile(path)
+        norm = "none"
     model = na.create_model("addunet", width=4, kernels=(3, 1))
     na.denoise(model, data[:2].copy(), axes="ZYX", device="cpu")  # loads the libraries (file pages too)
     results, growth = {}, {}
@@ -93,9 +101,9 @@ def test_denoising_a_mapped_stack_does_not_keep_it_resident(stack_file, monkeypa
         if not release:
             monkeypatch.setattr(runtime, "release_mapped_pages", lambda arr: 0)
             monkeypatch.setattr(normalization, "release_mapped_pages", lambda arr: 0)
-        mapped = np.memmap(path, dtype=np.uint16, mode="r", shape=data.shape)
+        mapped = np.memmap(path, dtype=data.dtype, mode="r", shape=data.shape)
         before = rss_file_kb()
-        results[release] = na.denoise(model, mapped, axes="ZYX", device="cpu")
+        results[release] = na.denoise(model, mapped, axes="ZYX", device="cpu", normalization=norm)
         growth[release] = rss_file_kb() - before
         del mapped
     np.testing.assert_array_equal(results[True], results[False])

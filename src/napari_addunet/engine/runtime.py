@@ -257,6 +257,8 @@ def plane_loop(
                 if mask is not None and settings.nan_policy == "mask":
                     masks[k] = mask
             work = np.ascontiguousarray(normalizer.forward(plane, g))
+            if np.may_share_memory(work, raw):  # float32 with no normalisation: still the map
+                work = work.copy()
             del plane
             release_mapped_pages(raw)  # the copy above is what the model reads
             del raw
