@@ -210,6 +210,13 @@ def test_log_mse_is_minus_the_mean_psnr_and_weighs_each_patch_by_its_inverse_mse
     mask = torch.zeros_like(err, dtype=torch.bool)
     mask[:, :, :8] = True
     assert float(log_mse(err.detach(), mask)) == pytest.approx(float(log_mse(err.detach()[:, :, :8])))
+    # a patch with no masked pixel measures nothing: it was counted as a perfect 60 dB
+    flat = torch.full((4, 1, 8, 8), 0.01, requires_grad=True)
+    sparse = torch.zeros_like(flat, dtype=torch.bool)
+    sparse[0, 0, 3, 3] = sparse[2, 0, 5, 1] = True
+    assert float(log_mse(flat, sparse).detach()) == pytest.approx(-20.0, abs=1e-3)
+    none = log_mse(flat, torch.zeros_like(sparse))
+    assert float(none.detach()) == 0.0 and none.requires_grad
 
 
 def test_log_mse_training_learns_and_selects_the_best_epoch_by_it():
@@ -487,6 +494,11 @@ def test_early_stopping_after_patience_epochs_without_improvement(monkeypatch):
     monkeypatch.setattr(_Run, "_validate", fake_validate)
     result = train(small_data(), tiny(), dict(SMALL, epochs=5, steps_per_epoch=1, patience=2))
     assert result.reason == "early_stopping" and len(result.history) == 4 and result.best.epoch == 2
+    # patience running out with the last epoch is a completed run, not an early stop
+    losses = iter([1.0, 0.5, 0.6, 0.7])
+    result = train(small_data(), tiny(), dict(SMALL, epochs=4, steps_per_epoch=1, patience=2))
+    assert result.reason == "completed" and len(result.history) == 4
+    assert result.model.metadata["training"]["status"] == "completed"
 
 
 # -- bad input ------------------------------------------------------------------------------------------------
@@ -574,6 +586,11 @@ def test_validation_data_must_map_like_the_training_data():
         train_events(data, tiny(num_classes=2), SMALL, validation=[images[2]])
     same = clean_data(images[2:], labels=["b", "a"], class_names=["a", "b"])
     assert train(data, tiny(num_classes=2), dict(SMALL, epochs=1), validation=same).history
+    # labels on one side only: the validation would score the classification on nothing
+    with pytest.raises(DataError, match="training data have class labels but the validation data do not"):
+        train_events(data, tiny(num_classes=2), SMALL, validation=clean_data(images[2:]))
+    with pytest.raises(DataError, match="validation data have class labels but the training data do not"):
+        train_events(clean_data(images[:2]), tiny(num_classes=2), SMALL, validation=same)
 
 
 def test_a_diverging_loss_stops_with_a_clear_message():
@@ -752,6 +769,46 @@ def test_a_resume_honours_weight_decay_and_chooses_the_best_anew_when_validation
     resets = result.model.metadata["training"]["best_resets"]
     assert resets[0]["step"] == 7 and resets[0]["changed"] == ["sigma_max"]
     assert result.best.step == 10  # chosen among the epochs judged the new way only
+
+
+def test_a_resume_keeps_the_earlier_best_file_until_a_new_best_is_validated(tmp_path):
+    part = tmp_path / "part.safetensors"
+    stop_at_step_7(part)
+    earlier = na.load_model(part).state_dict()
+    stop = threading.Event()
+    stop.set()  # stopped before the next validation
+    with pytest.warns(UserWarning, match="validation now measures something else"):
+        result = train(small_data(), resume=part, config=dict(SMALL, sigma_max=40), stop=stop)
+    assert result.reason == "stopped"
+    kept = na.load_model(part).state_dict()  # was the last, never validated weights
+    assert all(torch.equal(kept[k], earlier[k]) for k in earlier)
+
+
+def test_a_resume_resets_the_best_only_for_settings_its_mode_validates_with(tmp_path):
+    import warnings
+
+    from napari_addunet.engine.training import judging_settings
+
+    assert "sigma_max" in judging_settings("supervised") and "mask_fraction" not in judging_settings(
+        "supervised"
+    )
+    assert "mask_fraction" in judging_settings("noise2void") and "sigma_max" not in judging_settings(
+        "noise2void"
+    )
+    assert "sigma_max" not in judging_settings("pairs") and "loss" in judging_settings("pairs")
+    part = tmp_path / "part.safetensors"
+    stop_at_step_7(part)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a supervised run has no mask: nothing to reset
+        result = train(small_data(), resume=part, config=dict(SMALL, mask_fraction=0.05))
+    assert not result.model.metadata["training"].get("best_resets")
+
+
+def test_a_resume_refuses_another_steps_per_epoch(tmp_path):
+    part = tmp_path / "part.safetensors"
+    stop_at_step_7(part)
+    with pytest.raises(DataError, match="cannot resume with steps_per_epoch=10: .* epochs of 5"):
+        train_events(small_data(), resume=part, config=dict(SMALL, steps_per_epoch=10))
 
 
 def test_a_non_finite_validation_loss_stops_the_run_with_a_message(monkeypatch):

@@ -159,6 +159,26 @@ def test_images_smaller_than_a_patch():
         DataError, match=r"1 image\(s\) are smaller than the 32x32 patch: array 1 20x50.*<= 20"
     ):
         data.check_patch_size(32)
+    tiny = clean_data([np.zeros((40, 40)), np.zeros((6, 50))])  # smaller than any patch
+    with pytest.raises(DataError, match="patches are at least 8 px: use larger images"):
+        tiny.check_patch_size(16)
+
+
+def test_patch_size_floor_is_the_configs():
+    from napari_addunet.engine.datasets import MIN_PATCH
+    from napari_addunet.engine.training_config import TrainingConfig
+
+    rows = {r["name"]: r for r in TrainingConfig.describe()}
+    assert rows["patch_size"]["ge"] == MIN_PATCH
+
+
+def test_a_grey_image_with_a_channel_axis_is_one_plane_and_grey_with_alpha_is_refused():
+    rng = np.random.default_rng(8)
+    grey = rng.random((40, 48, 1)).astype(np.float32)
+    data = clean_data(grey)
+    assert len(data.inputs) == 1 and data.inputs[0].shape == (40, 48)  # was 40 planes of 48 x 1
+    with pytest.raises(DataError, match="grey image with an alpha channel"):
+        clean_data(rng.random((40, 48, 2)).astype(np.float32))
 
 
 # -- split and patches -------------------------------------------------------------------------------
@@ -252,6 +272,21 @@ def test_fixed_patches_are_deterministic_and_cover_every_plane():
     x2, _, _ = fixed_patches(data, 8, 5, seed=3)
     assert x1.shape == (5, 1, 8, 8) and np.array_equal(x1, x2)
     assert sorted(set(l1.tolist())) == [0, 1, 2]
+    # fewer patches than planes: spread over all of them, not the first ones (classes in order)
+    ordered = clean_data([rng.random((20, 20)) for _ in range(30)], labels=[i // 3 for i in range(30)])
+    _, _, l3 = fixed_patches(ordered, 8, 10)
+    assert sorted(set(l3.tolist())) == list(range(10))  # the first 10 planes held classes 0-3 only
+
+
+def test_the_sampler_sees_every_pixel_about_equally_often_small_images_too():
+    rng = np.random.default_rng(9)
+    planes = [rng.random((16, 16)) for _ in range(4)] + [rng.random((64, 64))]
+    data = clean_data(planes, normalization="none")
+    which = PatchSampler(data, 16, np.random.default_rng(0)).sample_with_planes(20000)[3]
+    per_plane = np.bincount(which, minlength=5)
+    views_per_pixel = per_plane * 16 * 16 / np.array([p.size for p in planes])
+    # weighing by patch positions gave [15, 6, 5, 7, 1248] views per pixel
+    assert views_per_pixel.min() > 0.8 * views_per_pixel.max()
 
 
 def test_pairs_from_folders_whose_names_differ_in_part_are_refused(tmp_path):

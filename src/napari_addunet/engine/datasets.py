@@ -47,6 +47,10 @@ class _Source:
     array: np.ndarray  # 2-D (one plane) or 3-D (planes along axis 0)
 
 
+MIN_PATCH = 8
+"""The smallest training patch side (``TrainingConfig.patch_size``)."""
+
+
 def _as_array(obj: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(obj)
@@ -56,6 +60,13 @@ def _as_array(obj: Any, name: str) -> np.ndarray:
         check_dtype(arr.dtype)
     except TypeError as exc:
         raise DataError(f"{name}: {exc}") from exc
+    if arr.ndim == 3 and arr.shape[-1] == 1 and arr.shape[0] > 4 and arr.shape[1] > 4:
+        arr = arr[..., 0]  # a grey image with a channel axis (H, W, 1), not H planes of W x 1
+    if arr.ndim == 3 and arr.shape[-1] == 2 and arr.shape[0] > 4 and arr.shape[1] > 4:
+        raise DataError(
+            f"{name} has shape {arr.shape}, which looks like a grey image with an alpha channel; "
+            "training uses single-channel planes: pass its grey channel (image[..., 0])"
+        )
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4 and arr.shape[1] > 4:
         raise DataError(
             f"{name} has shape {arr.shape}, which looks like a colour (RGB) image; training uses "
@@ -292,9 +303,14 @@ class TrainingData:
             listed = ", ".join(f"{n} {s[0]}x{s[1]}" for n, s in small[:3])
             more = f" and {len(small) - 3} more" if len(small) > 3 else ""
             smallest = min(min(s) for _, s in small)
+            advice = (
+                f"use patch_size <= {smallest} or larger images"
+                if smallest >= MIN_PATCH
+                else f"patches are at least {MIN_PATCH} px: use larger images"
+            )
             raise DataError(
                 f"{len(small)} image(s) are smaller than the {patch_size}x{patch_size} patch: "
-                f"{listed}{more}; use patch_size <= {smallest} or larger images"
+                f"{listed}{more}; {advice}"
             )
 
     def describe(self) -> dict[str, Any]:
@@ -773,8 +789,9 @@ def _augment(p: np.ndarray, k: int, flip: bool) -> np.ndarray:
 class PatchSampler:
     """Random square patches with random flips and 90-degree rotations.
 
-    Planes are chosen with probability proportional to their number of patch positions,
-    so every pixel is about equally likely to be seen.
+    Planes are chosen with probability proportional to their area, so every pixel is
+    about equally often inside a patch on average, small images included (weighing by the
+    number of patch positions would leave an image the size of a patch nearly unseen).
 
     Parameters
     ----------
@@ -795,11 +812,8 @@ class PatchSampler:
             raise DataError("no training images left (all held out for validation?)")
         data.check_patch_size(patch_size)
         self.data, self.size, self.rng, self.augment = data, patch_size, rng, augment
-        counts = np.array(
-            [(p.shape[0] - patch_size + 1) * (p.shape[1] - patch_size + 1) for p in data.inputs],
-            dtype=np.float64,
-        )
-        self.weights = counts / counts.sum()
+        areas = np.array([p.shape[0] * p.shape[1] for p in data.inputs], dtype=np.float64)
+        self.weights = areas / areas.sum()
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``n`` patches ``(n, 1, p, p)``, their targets (pairs) and labels, or None."""
@@ -826,7 +840,13 @@ class PatchSampler:
 
 
 def fixed_patch_planes(planes: int, count: int) -> list[int]:
-    """The plane of each patch :func:`fixed_patches` returns: planes in turn, ``count`` in all."""
+    """The plane of each patch :func:`fixed_patches` returns: planes in turn, ``count`` in all.
+
+    With fewer patches than planes, the patches are spread evenly over all of them (the
+    first ``count`` planes alone could leave out whole classes of class-ordered data).
+    """
+    if count < planes:
+        return [int(i) for i in np.linspace(0, planes - 1, count).round()]
     per = max(1, math.ceil(count / planes))
     return [i for _ in range(per) for i in range(planes)][:count]
 

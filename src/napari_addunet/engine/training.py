@@ -161,6 +161,13 @@ def check_same_mapping(data: TrainingData, validation: TrainingData) -> None:
             f"{data.normalization}; build both with the same normalization= (and the same kind of "
             "images)"
         )
+    if (data.labels is None) != (validation.labels is None):
+        have, lack = ("training", "validation") if data.labels is not None else ("validation", "training")
+        raise DataError(
+            f"the {have} data have class labels but the {lack} data do not, so validation would "
+            "measure the classification on nothing (or on images it was never trained for); give "
+            "both labels, or neither"
+        )
     if (
         data.labels is not None
         and validation.labels is not None
@@ -231,7 +238,13 @@ def log_mse(squared_error: torch.Tensor, mask: torch.Tensor | None = None) -> to
         per_patch = err.mean(dim=1)
     else:
         m = mask.to(err.dtype).flatten(1)
-        per_patch = (err * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        counted = m.sum(dim=1)
+        per_patch = (err * m).sum(dim=1) / counted.clamp(min=1.0)
+        scored = counted > 0  # a patch with no masked pixel measures nothing (it is not 60 dB)
+        if not bool(scored.all()):
+            if not bool(scored.any()):
+                return (err * 0.0).sum()
+            per_patch = per_patch[scored]
     return (10.0 * torch.log10(per_patch + LOG_MSE_FLOOR)).mean()
 
 
@@ -267,7 +280,20 @@ JUDGING_SETTINGS = (
     "lambda_cls",
     "denoise_weight",
 )
-"""Training settings that change what the validation value measures (see resume)."""
+"""Training settings that can change what the validation value measures (see resume)."""
+
+_SYNTHETIC_NOISE = JUDGING_SETTINGS[1:10]
+_MASKING = ("mask_fraction", "mask_radius")
+
+
+def judging_settings(mode: str) -> tuple[str, ...]:
+    """The settings that change what validation measures in a run of ``mode``.
+
+    Synthetic noise and blur only in supervised runs, the blind-spot mask only in
+    Noise2Void runs; patch size and the loss in every run.
+    """
+    unused = {"supervised": _MASKING, "noise2void": _SYNTHETIC_NOISE}.get(mode, _SYNTHETIC_NOISE + _MASKING)
+    return tuple(k for k in JUDGING_SETTINGS if k not in unused)
 
 
 def _seed(*parts: int) -> int:
@@ -477,6 +503,12 @@ class _Run:
                 "another would train on held-out images and judge the best model on others; keep "
                 f"the seed, or pass val_seed={before.validation_seed} to keep that split"
             )
+        if before.steps_per_epoch != now.steps_per_epoch:
+            raise DataError(
+                f"cannot resume with steps_per_epoch={now.steps_per_epoch}: the run being resumed "
+                f"counted its steps and learning-rate schedule in epochs of {before.steps_per_epoch}; "
+                "keep that number (change epochs to make the run longer or shorter)"
+            )
         if before.val_patches != now.val_patches:
             raise DataError(
                 f"cannot resume with val_patches={now.val_patches}: the best model so far was chosen "
@@ -486,7 +518,9 @@ class _Run:
     def _reset_best_if_judged_otherwise(self, earlier: Mapping[str, Any]) -> None:
         """Settings that change what validation measures (noise, patches, loss) make the best
         value so far incomparable: the resumed run chooses its best model anew, and says so."""
-        changed = [k for k in JUDGING_SETTINGS if k in earlier and earlier[k] != getattr(self.cfg, k)]
+        changed = [
+            k for k in judging_settings(self.mode) if k in earlier and earlier[k] != getattr(self.cfg, k)
+        ]
         if not changed or self.best is None:
             return
         self.best_resets.append(
@@ -565,6 +599,7 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.optimizer.param_groups[0]["weight_decay"] = self.cfg.weight_decay  # a resume may change it
+        had_best = self.best is not None
         self._reset_best_if_judged_otherwise(loads(state["config"]))
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
@@ -579,7 +614,9 @@ class _Run:
             self.rng = np.random.default_rng([self.cfg.seed, self.rank, 1, self.step])
             self.gen = torch.Generator().manual_seed(_seed(self.cfg.seed, self.rank, 2, self.step))
         best_file = self.resumed_from
-        if self.best is not None and best_file is not None and best_file.exists():
+        # after a reset too: until a new best is validated, the file keeps the earlier one (a
+        # stop before then would otherwise write the last, never validated weights over it)
+        if had_best and best_file is not None and best_file.exists():
             from .checkpoint import load_model
 
             self.best_weights = {k: v.clone() for k, v in load_model(best_file).state_dict().items()}
@@ -941,7 +978,7 @@ class _Run:
                     break
                 for event in self._end_epoch():
                     yield event
-                if cfg.patience and self.since_best >= cfg.patience:
+                if cfg.patience and self.since_best >= cfg.patience and self.epoch < cfg.epochs:
                     reason = "early_stopping"
         except (GeneratorExit, KeyboardInterrupt):
             # Interrupted inside a step, the weights may be half-updated: keep the state
