@@ -144,6 +144,17 @@ def test_slice_preview_matches_full_inference(model):
     assert other.encode_seconds is not None
 
 
+def test_a_batch_norm_model_left_in_training_mode_is_previewed_as_applied_and_not_changed():
+    torch.manual_seed(1)
+    bn = create_model("addunet", width=4, kernels=(3, 3), batch_norm=True)  # train() mode, as created
+    stack = np.random.default_rng(4).random((2, 48, 40)).astype(np.float32) * 200
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    frame = SlicePreview(bn).update(PreviewRequest(stack, "ZYX", {"Z": 1}, (0.5, 1.0), data_key="bn"))
+    assert all(torch.equal(v, bn.state_dict()[k]) for k, v in before.items())  # running stats kept
+    full = denoise(bn, stack, axes="ZYX", gates=(0.5, 1.0), device="cpu", tile=0)
+    np.testing.assert_allclose(frame.block, full[1], rtol=1e-4, atol=1e-2)
+
+
 def test_other_axes_or_normalisation_of_one_array_are_encoded_again(model):
     data = np.random.default_rng(4).random((3, 3, 40, 40)).astype(np.float32) * 100
     gates = tuple(model.gates)

@@ -248,6 +248,42 @@ def test_a_shown_live_preview_follows_a_model_switch(viewer_session, add_dock, q
     )
     qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
     assert len(widget.sliders) == 2 and widget.preview_layer.name == "noisy [gate preview]"
+    # a switch while the first preview is still computing: the new model's preview follows
+    viewer.layers.remove(widget.preview_layer)
+    qtbot.waitUntil(lambda: widget.preview_layer is None, timeout=5_000)
+    assert widget.request_preview() and widget.preview_busy
+    state.set_model(create_model("addunet", width=4, kernels=(3, 3, 3)), "a third gated model")
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=20_000)  # was never shown
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert len(widget.last_frame.gates) == 3
+
+
+def test_closing_the_widget_takes_its_preview_layer_away(viewer_session, add_dock, qtbot):
+    import gc
+
+    viewer, _ = viewer_session
+    image, _, widget = _on_noisy_layer(viewer, add_dock)
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert "noisy [gate preview]" in viewer.layers
+    from qtpy.QtCore import QCoreApplication, QEvent
+
+    viewer.window.remove_dock_widget("all")  # what the dock's close button does
+    widget.deleteLater()
+    del widget
+    gc.collect()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    qtbot.waitUntil(lambda: "noisy [gate preview]" not in viewer.layers, timeout=5_000)
+    assert [layer.name for layer in viewer.layers] == ["noisy"]  # the user's layer stays
+
+
+def test_gates_set_beyond_the_slider_range_widen_it_when_the_widget_opens(viewer_session, add_dock):
+    viewer, state = viewer_session
+    state.gates = (3.0, 0.5, 0.5)  # from the console, before the widget is open
+    widget = add_dock(viewer, WIDGET)
+    assert widget.gates() == pytest.approx((3.0, 0.5, 0.5))  # was cut to 2.0
+    assert widget.sliders[0].maximum() >= 3.0
 
 
 def test_a_4d_layer_previews_and_applies_with_the_axes_typed(viewer_session, add_dock, qtbot):
@@ -312,6 +348,11 @@ def test_an_rgba_layer_is_previewed_without_its_alpha_as_apply_denoises_it(viewe
     applied = viewer.layers["rgba [denoised]"].data
     assert applied.shape == (40, 48, 4) and np.array_equal(applied[..., 3], rgba[..., 3])  # alpha kept
     np.testing.assert_allclose(widget.last_frame.block, applied[..., :3], rtol=1e-4, atol=1e-2)
+    widget.axes_edit.setText("YXC")  # typed: previewed as Apply runs it, without the alpha
+    with qtbot.waitSignal(widget.preview_updated, timeout=20_000):
+        assert widget.request_preview()
+    qtbot.waitUntil(_preview_settled(widget), timeout=20_000)
+    assert widget.last_frame.block.shape == (40, 48, 3)
 
 
 def test_the_preview_follows_new_data_and_data_edited_in_place(viewer_session, add_dock, qtbot):

@@ -161,6 +161,11 @@ def test_compare_of_rgba_layers_scores_the_colours_not_the_alpha(viewer_session,
     with_alpha = compare(noisy, clean, rgb=True)
     assert with_alpha.psnr > colours.psnr + 1  # the identical alpha inflated the score
     assert readout.quality["psnr"] == pytest.approx(colours.psnr)
+    # with the axes a run recorded (YXC) or typed, the alpha is left out all the same
+    readout.axes_edit.setText("YXC")
+    assert readout.compare()
+    qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
+    assert readout.quality["psnr"] == pytest.approx(colours.psnr)
 
 
 def test_view_points_are_the_slice_napari_draws_in_each_layers_units_and_transform(viewer_session):

@@ -356,3 +356,25 @@ def test_a_job_started_as_the_last_one_ends_keeps_its_claim(viewer_session, qtbo
     runner.cancel()
     qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
     qtbot.waitUntil(lambda: state.jobs == {}, timeout=10_000)
+
+
+def test_a_script_that_exits_right_after_opening_the_widget_ends_cleanly(tmp_path, repo_root):
+    """The warm-up worker is still importing when the script ends: it used to abort the
+    interpreter (its last signal fired into objects Qt had already torn down)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "open_and_exit.py"
+    script.write_text(
+        "import napari\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "viewer.window.add_plugin_dock_widget('napari-addunet', 'Train')\n"
+        "print('opened', flush=True)\n"
+    )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "src"), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "opened" in proc.stdout and "has been deleted" not in proc.stderr

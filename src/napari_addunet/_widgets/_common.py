@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -163,9 +164,12 @@ def layer_forward(layer: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def without_alpha(layer: Any, axes: str | None) -> Any:
     """The layer's array without the alpha channel of an RGBA layer (denoising leaves alpha
-    alone, and it carries no noise); a view, not a copy. Typed ``axes`` keep every channel."""
+    alone, and it carries no noise); a view, not a copy. The same rule as a run's
+    (:func:`~napari_addunet.engine.layer_run.iter_layer_denoise`): ``axes`` None or ending
+    in C (e.g. ``YXC``, typed or recorded by a run); other axes keep every channel."""
     data = layer.data
-    if axes is None and getattr(layer, "rgb", False) and data.shape[-1] == 4:
+    colour_last = axes is None or axes.upper().endswith("C")
+    if colour_last and getattr(layer, "rgb", False) and data.shape[-1] == 4:
         return data[..., :3]
     return data
 
@@ -303,12 +307,18 @@ _WHEN_DESTROYED: dict[int, Callable[..., None]] = {}
 
 
 def _destroyed(key: int, fn: Callable[[], Any], *_args: Any) -> None:
-    _WHEN_DESTROYED.pop(key, None)
-    fn()
+    if _WHEN_DESTROYED.pop(key, None) is not None:  # once, whichever way comes first
+        fn()
 
 
 def call_when_destroyed(obj: QObject, fn: Callable[[], Any]) -> None:
-    """Call ``fn()`` when the Qt object ``obj`` is destroyed (``fn`` must not use ``obj``)."""
+    """Call ``fn()`` once when ``obj`` goes (``fn`` must not use ``obj``).
+
+    Either Qt destroys it (e.g. with its parent), or its Python side is collected: napari takes
+    a closed dock's widget out of the dock, and the widget then goes with its last Python
+    reference, a deletion whose ``destroyed`` signal no longer reaches Python callbacks.
+    """
     key = id(fn)
     _WHEN_DESTROYED[key] = functools.partial(_destroyed, key, fn)
     obj.destroyed.connect(_WHEN_DESTROYED[key])
+    weakref.finalize(obj, _WHEN_DESTROYED[key])

@@ -14,8 +14,10 @@ decoder from the deepest gate that changed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -79,6 +81,19 @@ def _render(preview: SlicePreview, request: PreviewRequest) -> Outcome:
         return Outcome("done", value=preview.update(request), seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - shown in the status line
         return Outcome("error", error=exc, seconds=time.perf_counter() - t0)
+
+
+def _remove_layer(viewer_ref: Any, shown: list[Any]) -> None:
+    """Take the preview layer out of the viewer when the widget is closed (nothing updates it then)."""
+    viewer = viewer_ref()
+    layer = shown[0]() if shown[0] is not None else None
+    if viewer is None or layer is None:
+        return
+    try:
+        if layer in viewer.layers:
+            viewer.layers.remove(layer)
+    except Exception:  # noqa: BLE001 - the viewer itself may be closing
+        pass
 
 
 def preview_translate(layer: Any, offset: Any, shown: Any) -> np.ndarray:
@@ -189,7 +204,7 @@ class GatesWidget(QWidget):
         layout.addStretch(1)
 
         # state
-        self.preview_layer: Any = None
+        self._shown: list[Any] = [None]  # a weak reference to the preview layer, for closing
         self.last_frame: Any = None
         self.last_latency: float | None = None
         self.preview_count = 0
@@ -232,8 +247,19 @@ class GatesWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self._unsubscribe = self.session.subscribe(self._on_session)
         call_when_destroyed(self, self._unsubscribe)
+        call_when_destroyed(self, functools.partial(_remove_layer, weakref.ref(self.viewer), self._shown))
         self._build_sliders()
         self._watch(self.layer_combo.layer())
+
+    @property
+    def preview_layer(self) -> Any:
+        """The preview layer on screen, or None."""
+        ref = self._shown[0]
+        return ref() if ref is not None else None
+
+    @preview_layer.setter
+    def preview_layer(self, layer: Any) -> None:
+        self._shown[0] = weakref.ref(layer) if layer is not None else None
 
     # -- model and sliders ------------------------------------------------------------------------
     def _build_sliders(self) -> None:
@@ -266,10 +292,12 @@ class GatesWidget(QWidget):
         for j, (alpha, k) in enumerate(zip(self.learned, kernels, strict=True)):
             name = f"gate {j}" + (f" ({k}x{k})" if k else "")
             slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-            slider.setRange(0.0, gate_slider_max(alpha))
+            value = float(current[j]) if j < len(current) else alpha
+            # a gate set beyond the usual range (from the console) widens it rather than being cut
+            slider.setRange(0.0, max(gate_slider_max(alpha), value))
             slider.setDecimals(3)
             slider.setSingleStep(0.01)
-            slider.setValue(current[j] if j < len(current) else alpha)
+            slider.setValue(value)
             slider.setToolTip(f"learned {alpha:.3f}; 0 removes this level's skip")
             slider.valueChanged.connect(self._on_slider)
             self.gate_grid.addWidget(QLabel(name), j, 0)
@@ -312,7 +340,7 @@ class GatesWidget(QWidget):
 
     def _on_session(self, what: str) -> None:
         if what == "model":
-            shown = self.preview_layer is not None
+            shown = self.preview_layer is not None or self.preview_busy  # on screen, or on its way
             self._drop_preview_layer()
             self._build_sliders()
             if shown:  # a preview was on screen: show the new model's

@@ -8,6 +8,7 @@ The forms come from ``get_config_class(name).describe()`` and ``TrainingConfig.d
 
 from __future__ import annotations
 
+import atexit
 import threading
 from typing import Any
 
@@ -70,6 +71,19 @@ BASIC = (
 )
 #: Architecture settings set by the widget itself (single-channel data; classes from the labels).
 AUTOMATIC = ("in_channels", "out_channels", "num_classes")
+
+
+_RUNNING_WARM_UPS: set[Any] = set()
+
+
+@atexit.register
+def _wait_for_warm_ups() -> None:
+    """A script that exits while a warm-up still runs: let it end first. Otherwise Qt's objects
+    are torn down under the running worker, whose last signal then aborts the interpreter."""
+    if _RUNNING_WARM_UPS:
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(60_000)
 
 
 class LayerTable(QTableWidget):
@@ -276,6 +290,8 @@ class TrainWidget(QWidget):
 
         worker = create_worker(warm_up, _start_thread=False)
         worker.finished.connect(self._on_warm)
+        _RUNNING_WARM_UPS.add(worker)
+        worker.finished.connect(lambda: _RUNNING_WARM_UPS.discard(worker))
         start_worker(worker)
 
     def _on_warm(self) -> None:

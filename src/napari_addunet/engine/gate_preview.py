@@ -152,6 +152,7 @@ class GatePreview:
             return None
         self.clear()
         self.device = device
+        self.model.eval()  # a model set from the console may be in training mode (batch norm)
         use_fast_layout(self.model, device)
         x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).to(self.device)
         t0 = time.perf_counter()
@@ -176,6 +177,7 @@ class GatePreview:
         if not changed and self._output is not None:
             return self._output, DecodeTiming(0.0, 0, depth)
         t0 = time.perf_counter()
+        self.model.eval()
         with torch.no_grad():
             if self._partial:
                 image, levels = self._decode_partial(alphas, max(changed))
