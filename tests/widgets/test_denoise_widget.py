@@ -149,6 +149,29 @@ def test_cancel_mid_run_leaves_no_layer(viewer_session, add_dock, qtbot):
     assert widget.run_button.isEnabled()
 
 
+def test_new_data_in_the_layer_during_a_run_stops_it_and_adds_nothing(viewer_session, add_dock, qtbot):
+    viewer, state = viewer_session
+    stack = viewer.add_image(_noisy((60, 96, 96)), name="cells")
+    widget = add_dock(viewer, WIDGET)
+    widget.layer_combo.set_layer(stack)
+    replaced = []
+
+    def replace_once(progress):
+        if progress.done >= 1 and not replaced:
+            replaced.append(True)
+            stack.data = _noisy((64, 64))  # e.g. another file loaded into the layer
+
+    widget.runner.event.connect(replace_once)
+    assert widget.run()
+    _wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["cells"]  # no result of the old data
+    assert "changed during the run" in widget.status.text() and state.last_run is None
+    assert widget.run_control.last_outcome.status == "cancelled"
+    assert widget.run()  # and the new data runs
+    _wait(qtbot, widget)
+    assert viewer.layers["cells [denoised]"].data.shape == (64, 64)
+
+
 def test_layer_removed_during_run(viewer_session, add_dock, qtbot):
     viewer, state = viewer_session
     stack = viewer.add_image(_noisy((60, 96, 96)), name="doomed")

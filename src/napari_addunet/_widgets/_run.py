@@ -47,6 +47,7 @@ class LayerRun(QObject):
         self.runner = runner
         self.input_layer: Any = None
         self.input_removed = False
+        self.input_replaced = False
         self.last_outcome: Outcome | None = None
         self._added: list[weakref.ref] = []
         viewer.layers.events.removed.connect(self._on_removed)
@@ -121,14 +122,23 @@ class LayerRun(QObject):
         import threading
 
         cancel = threading.Event()
-        self.input_layer, self.input_removed, self._added = layer, False, []
+        self.input_layer, self.input_removed, self.input_replaced, self._added = layer, False, False, []
         what = f"Denoising {snapshot.name!r}" + (" with chosen gates" if gates is not None else "")
-        return self.runner.start(
+        started = self.runner.start(
             factory,
             what,
             cancel_event=cancel,
             on_done=lambda outcome: self._finish(outcome, on_done),
         )
+        if started:
+            layer.events.data.connect(self._on_input_data)
+        return started
+
+    def _on_input_data(self, event: Any = None) -> None:
+        """New data in the input layer: the result would be of the old data, under its name."""
+        if self.runner.running and not self.input_replaced:
+            self.input_replaced = True
+            self.runner.cancel()
 
     def _on_removed(self, event: Any) -> None:
         if self.runner.running and event.value is self.input_layer:
@@ -138,10 +148,20 @@ class LayerRun(QObject):
     def _finish(self, outcome: Outcome, on_done: Callable[[Outcome], Any] | None) -> None:
         self.last_outcome = outcome
         layer, self.input_layer = self.input_layer, None
-        if outcome.ok and (self.input_removed or layer not in self.viewer.layers):
+        if layer is not None:
+            layer.events.data.disconnect(self._on_input_data)
+        if outcome.ok and (self.input_removed or self.input_replaced or layer not in self.viewer.layers):
             outcome = Outcome("cancelled", seconds=outcome.seconds)
             self.last_outcome = outcome
-        if self.input_removed or (layer is not None and layer not in self.viewer.layers):
+        if self.input_replaced and not self.input_removed and layer in self.viewer.layers:
+            message = (
+                f"The data of {getattr(layer, 'name', '?')!r} changed during the run: the run was stopped "
+                "and nothing was added (run it again on the new data)"
+            )
+            show_info(message)
+            if self.runner.status is not None:
+                set_status(self.runner.status, message)
+        elif self.input_removed or (layer is not None and layer not in self.viewer.layers):
             message = (
                 f"The layer {getattr(layer, 'name', '?')!r} was removed during the run: the run was "
                 "stopped and nothing was added"
