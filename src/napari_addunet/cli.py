@@ -154,7 +154,8 @@ def _destinations(
                     f"--output-format input writes {src.name} as {src.suffix.lower()}, but --output "
                     f"names {dst.name}; give a {src.suffix.lower()} name or drop --output-format"
                 )
-            dst = dst.with_suffix(src.suffix.lower())
+            if not explicit:  # a name given by the user is kept as typed (OUT.PNG)
+                dst = dst.with_suffix(src.suffix.lower())
         out.append((src, dst))
     seen: dict[Path, Path] = {}
     for src, dst in out:
@@ -165,6 +166,11 @@ def _destinations(
             )
         seen[dst] = src
     return out
+
+
+def _axes_argument(text: str) -> str:
+    """``--axes`` as the engine spells axes (``yxc`` -> ``YXC``), so the files written know them."""
+    return text.strip().upper()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -203,6 +209,11 @@ def _check_destinations(pairs: list[tuple[Path, Path]], args: argparse.Namespace
                 check_plain_output(dst, fmt.dtype, fmt.alpha, fmt.shape, fmt.rgb)
         except ImageIOError as exc:
             raise CliError(str(exc)) from exc
+        if dst.exists() and os.path.samefile(src, dst):
+            raise CliError(
+                f"{dst} is the input {src} itself; write the results to another file or folder "
+                "(an input is never replaced, with or without --overwrite)"
+            )
         if dst.exists() and not args.overwrite:
             if args.skip_existing:
                 _say(args, f"{dst} exists; skipped")
@@ -216,6 +227,7 @@ def _check_destinations(pairs: list[tuple[Path, Path]], args: argparse.Namespace
 def cmd_denoise(args: argparse.Namespace) -> int:
     from .engine.image_io import read_image, write_image
     from .engine.inference import denoise
+    from .engine.tiling import TileMemoryError
 
     if args.overwrite and args.skip_existing:
         raise CliError("--overwrite and --skip-existing contradict each other; give one")
@@ -267,6 +279,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
             FileExistsError,
             TypeError,
             OSError,
+            TileMemoryError,
         ) as exc:
             if args.debug:
                 raise
@@ -439,6 +452,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if not (args.sigma >= 0 and np.isfinite(args.sigma)):
         raise CliError(f"--sigma must be a non-negative number, got {args.sigma:g}")
+    if args.seed < 0:
+        raise CliError(f"--seed must be a non-negative integer, got {args.seed}")
     if out.exists() and not out.is_dir():
         raise CliError(f"--output {out} is a file; the demo writes a folder of results")
     names = ["clean.tif", "noisy.tif", "denoised.tif", "residual.tif", "demo.png"]
@@ -447,6 +462,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
     clean = _demo_image(skdata, args.image)
     model = _load(args.model)
+    from .engine.devices import resolve_device
+
+    resolve_device(args.device)  # an unusable device is refused before the folder is made
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     noisy = (clean + rng.normal(0.0, args.sigma / 255.0, clean.shape)).astype(np.float32)
@@ -545,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--axes",
                 default=None,
+                type=_axes_argument,
                 help="axes of the input, e.g. YX, ZYX, TYX, YXC, CYX (default: inferred)",
             )
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -627,11 +646,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except (CliError, ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError, OSError) as exc:
-        if args.debug:
+        return _report(exc, args)
+    except RuntimeError as exc:  # out of device memory even with the smallest tiles
+        from .engine.tiling import TileMemoryError
+
+        if not isinstance(exc, TileMemoryError):
             raise
-        message = _first_line(exc)
-        print(f"napari-addunet: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _report(exc, args)
+
+
+def _report(exc: BaseException, args: argparse.Namespace) -> int:
+    """Print an error as one line (the traceback with --debug) and return the bad-input code."""
+    if getattr(args, "debug", False):
+        raise exc
+    print(f"napari-addunet: error: {_first_line(exc)}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":  # pragma: no cover

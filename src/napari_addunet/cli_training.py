@@ -34,9 +34,15 @@ def _say(args: argparse.Namespace, *parts: Any) -> None:
 # -- parsing helpers ------------------------------------------------------------------------------
 def parse_sigma(text: str) -> tuple[float, float]:
     """``"25"`` -> ``(25, 25)``; ``"0:55"`` (or ``"0-55"``) -> ``(0, 55)``."""
-    sep = ":" if ":" in text else ("-" if text.count("-") == 1 and not text.startswith("-") else None)
+    try:  # a number first: 1e-3 is a level, not the range 1e to 3
+        v = float(text)
+        sep: str | None = ""
+    except ValueError:
+        sep = ":" if ":" in text else ("-" if text.count("-") == 1 and not text.startswith("-") else None)
     try:
-        if sep is None:
+        if sep == "":
+            lo = hi = v
+        elif sep is None:
             v = float(text)
             lo, hi = v, v
         else:

@@ -99,3 +99,14 @@ def test_a_training_state_is_as_readable_as_the_model_beside_it(tmp_path):
     finally:
         os.umask(mask)
     assert os.stat(state).st_mode & 0o777 == 0o644  # was 0o600: a colleague could not resume
+
+
+def test_a_file_name_near_the_length_limit_is_written(tmp_path):
+    from napari_addunet.engine.training_state import save_state
+
+    long = tmp_path / ("x" * 246 + ".csv")  # 250 characters: its temporary name was 260
+    atomic_write_text(long, "hi")
+    assert long.read_text() == "hi" and [p.name for p in tmp_path.iterdir()] == [long.name]
+    state = tmp_path / ("y" * 240 + ".state.pt")
+    save_state(state, {"step": 1})
+    assert state.exists()

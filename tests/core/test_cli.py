@@ -759,3 +759,77 @@ def test_results_too_big_for_an_imagej_file_are_bigtiffs_that_name_their_axes(tm
     out = image_io.write_image(tmp_path / "big.tif", np.zeros((3, 16, 16), np.float32), axes="ZYX")
     with tifffile.TiffFile(out) as tif:
         assert tif.is_bigtiff and tif.series[0].axes == "ZYX" and tif.pages[0].photometric != 2
+
+
+def test_an_input_is_never_written_over_whatever_the_flags(tiny_model, tmp_path, capsys):
+    import hashlib
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        _png(folder / name, (rng.random((24, 24)) * 255).astype(np.uint8))
+    before = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    for extra in ([], ["--overwrite"], ["--skip-existing"]):
+        argv = [
+            "-q",
+            "denoise",
+            str(folder),
+            "-o",
+            str(folder),
+            "--output-format",
+            "input",
+            "-m",
+            str(tiny_model),
+        ]
+        assert main(argv + extra) == 2, extra
+        assert "is the input" in capsys.readouterr().err
+    one = folder / "a.png"
+    assert main(["-q", "denoise", str(one), "-o", str(one), "--overwrite", "-m", str(tiny_model)]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()} == before
+
+
+def test_lower_case_axes_write_the_same_imagej_file_as_upper_case(tiny_model, tmp_path):
+    rgb = (np.random.default_rng(1).random((40, 48, 3)) * 255).astype(np.uint8)
+    src = _png(tmp_path / "rgb.png", rgb)
+    for axes, out in (("YXC", "upper.tif"), ("yxc", "lower.tif")):
+        argv = ["-q", "denoise", str(src), "-o", str(tmp_path / out), "--axes", axes, "-m", str(tiny_model)]
+        assert main(argv) == 0
+    with tifffile.TiffFile(tmp_path / "lower.tif") as tif:  # was 40 pages of 48 x 3, no axes
+        assert tif.is_imagej and tif.series[0].axes == "CYX" and tif.series[0].shape == (3, 40, 48)
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "lower.tif"), tifffile.imread(tmp_path / "upper.tif")
+    )
+
+
+def test_an_explicit_output_name_is_kept_as_typed(tiny_model, tmp_path):
+    src = _png(tmp_path / "a.png", (np.random.default_rng(2).random((24, 24)) * 255).astype(np.uint8))
+    out = tmp_path / "OUT.PNG"
+    assert (
+        main(["-q", "denoise", str(src), "-o", str(out), "--output-format", "input", "-m", str(tiny_model)])
+        == 0
+    )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("OUT")] == ["OUT.PNG"]
+
+
+def test_demo_refuses_a_negative_seed_or_an_absent_device_before_making_its_folder(tmp_path, capsys):
+    assert main(["-q", "demo", "-o", str(tmp_path / "d"), "--seed", "-1"]) == 2
+    assert "--seed must be a non-negative integer, got -1" in capsys.readouterr().err
+    assert main(["-q", "demo", "-o", str(tmp_path / "d2"), "--device", "cuda:7"]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "d").exists() and not (tmp_path / "d2").exists()
+
+
+def test_out_of_device_memory_with_the_smallest_tiles_is_one_line(tiny_model, tmp_path, capsys, monkeypatch):
+    from napari_addunet.engine import inference
+    from napari_addunet.engine.tiling import TileMemoryError
+
+    def no_memory(*args, **kwargs):
+        raise TileMemoryError("out of device memory even with 32 px tiles and a batch of 1")
+
+    monkeypatch.setattr(inference, "denoise", no_memory)
+    src = _png(tmp_path / "a.png", (np.random.default_rng(3).random((24, 24)) * 255).astype(np.uint8))
+    assert main(["-q", "denoise", str(src), "-o", str(tmp_path / "o.tif"), "-m", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert "out of device memory even with 32 px tiles" in err and "Traceback" not in err

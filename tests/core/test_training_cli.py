@@ -188,6 +188,8 @@ def test_train_errors_are_one_line(run, images, tmp_path, capsys, argv, message)
 def test_sigma_parsing():
     assert parse_sigma("25") == (25, 25) and parse_sigma("0:55") == (0, 55) and parse_sigma("5-50") == (5, 50)
     assert parse_sigmas("15,25,50") == [15, 25, 50]
+    assert parse_sigma("1e-3") == (0.001, 0.001) and parse_sigma("2.5e1") == (25, 25)  # not ranges
+    assert parse_sigma("1e-3:5") == (0.001, 5)
     with pytest.raises(Exception, match="comma-separated"):
         parse_sigmas("15;25")
 

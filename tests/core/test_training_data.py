@@ -97,6 +97,9 @@ def test_label_csv_and_class_folders(tmp_path, folder):
     assert data.labels.tolist() == [1, 1, 0] and data.class_names == ["man", "sky"]
     (tmp_path / "planes.csv").write_text("s.tif,0,a\ns.tif,1,b\n")
     assert read_label_csv(tmp_path / "planes.csv") == {"s.tif[0]": "a", "s.tif[1]": "b"}
+    (tmp_path / "gaps.csv").write_text("file,plane,label\n\ns.tif,0,a\n\ns.tif,x,b\n")
+    with pytest.raises(DataError, match="line 5"):  # the line in the file, blank lines counted
+        read_label_csv(tmp_path / "gaps.csv")
 
     root = tmp_path / "classes"
     for name, rows in (("round", slice(0, 32)), ("square", slice(100, 132))):
@@ -150,6 +153,15 @@ def test_label_csv_and_class_folders(tmp_path, folder):
 def test_bad_data_give_clear_messages(tmp_path, call, match):
     with pytest.raises(DataError, match=match):
         call(tmp_path)
+
+
+def test_file_names_with_brackets_find_their_labels():
+    from napari_addunet.engine.datasets import _label_for
+
+    # only a final [digits] is a plane index
+    assert _label_for(["stk[1].tif[0]", "stk[1].tif[1]"], {"stk[1].tif": "a"}) == ["a", "a"]
+    assert _label_for(["cell[1].tif"], {"cell[1]": "b"}) == ["b"]
+    assert _label_for(["s.tif[0]", "s.tif[1]"], {"s[0]": "x", "s.tif[1]": "y"}) == ["x", "y"]
 
 
 def test_images_smaller_than_a_patch():

@@ -76,7 +76,9 @@ def atomic_write(target: str | os.PathLike, *, overwrite: bool = True) -> Iterat
         raise FileExistsError(f"{target} exists; refusing to overwrite it")
     if not target.parent.is_dir():
         raise FileNotFoundError(f"folder {target.parent} does not exist")
-    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+    # the temporary name is the target's, shortened: ten characters longer than a name near the
+    # file system's limit (255) would fail after all the work
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem[:100]}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -350,7 +351,10 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"label file {path.name} does not exist")
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        reader = csv.reader(fh)
+        numbered = [(reader.line_num, r) for r in reader]
+    numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r)]  # blank lines keep their numbers
+    rows = [r for _, r in numbered]
     if not rows:
         raise DataError(f"label file {path.name} is empty")
     head = [c.strip().lower() for c in rows[0]]
@@ -380,7 +384,7 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, Any]:
                 f"got {len(rows[0])} columns"
             )
     out: dict[str, Any] = {}
-    for lineno, row in enumerate(body, start=2 if body is not rows else 1):
+    for lineno, row in numbered[len(rows) - len(body) :]:
         try:
             name = Path(row[cols["file"]].strip()).name
             label = row[cols["label"]].strip()
@@ -394,10 +398,16 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+def _split_plane(name: str) -> tuple[str, str]:
+    """``"a[1].tif[3]"`` -> ``("a[1].tif", "[3]")``: only a final ``[digits]`` is a plane index
+    (file names may hold brackets of their own)."""
+    match = re.fullmatch(r"(.*)(\[\d+\])", name)
+    return (match.group(1), match.group(2)) if match else (name, "")
+
+
 def _key_forms(name: str) -> list[str]:
     """``name`` as given, and without the file extension (a plane suffix ``[z]`` is kept)."""
-    base, _, rest = name.partition("[")
-    plane = "[" + rest if rest else ""
+    base, plane = _split_plane(name)
     stem = Path(base).stem if Path(base).suffix else base
     return [name, stem + plane]
 
@@ -410,9 +420,9 @@ def _label_for(names: list[str], table: Mapping[str, Any]) -> list[Any]:
             index.setdefault(form, value)
     out, missing, used = [], [], set()
     for n in names:
-        base = n.partition("[")[0]
+        base, plane = _split_plane(n)
         keys = _key_forms(n) + _key_forms(base)
-        if "[" not in n:  # a 2-D image is its own plane 0 (a per-plane table may say so)
+        if not plane:  # a 2-D image is its own plane 0 (a per-plane table may say so)
             keys += _key_forms(n + "[0]")
         hit = next((k for k in keys if k in index), None)
         if hit is None:

@@ -72,7 +72,7 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write a state dict atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     payload = {"format": STATE_FORMAT, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         torch.save(payload, tmp)
