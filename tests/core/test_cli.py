@@ -740,6 +740,30 @@ def test_png_and_jpeg_results_keep_orientation_resolution_and_profile(tiny_model
     with tifffile.TiffFile(tmp_path / "out.tif") as tif:
         x = tif.pages[0].tags["XResolution"].value
         assert round(x[0] / x[1]) == 300 and tif.pages[0].tags["ResolutionUnit"].value == 2  # inch
+    # a TIFF result of the turned photo says it is turned (it was shown on its side)
+    assert main(["-q", "denoise", str(src), "-o", str(tmp_path / "rot.tif"), *run]) == 0
+    with tifffile.TiffFile(tmp_path / "rot.tif") as tif:
+        assert tif.pages[0].tags["Orientation"].value == 6
+
+
+def test_transparency_keys_and_converted_colour_spaces_read_right(tiny_model, tmp_path):
+    from PIL import Image, ImageCms
+
+    from napari_addunet.engine.image_io import read_image, write_image
+
+    grey = (np.arange(24 * 24) % 200 + 20).reshape(24, 24).astype(np.uint8)
+    grey[:4] = 0
+    Image.fromarray(grey).save(tmp_path / "key.png", transparency=0)  # a colour key: 0 is clear
+    image = read_image(tmp_path / "key.png")
+    assert image.alpha is not None and (image.alpha[:4] == 0).all() and (image.alpha[4:] == 255).all()
+    write_image(tmp_path / "key-out.png", image.data, image)
+    with Image.open(tmp_path / "key-out.png") as im:  # the clear pixels stay clear
+        assert im.mode == "LA" and (np.asarray(im)[:4, :, 1] == 0).all()
+    cmyk = Image.fromarray(skdata.astronaut()[:32, :32]).convert("CMYK")
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk.save(tmp_path / "cmyk.jpg", icc_profile=profile)
+    image = read_image(tmp_path / "cmyk.jpg")
+    assert image.rgb and "icc_profile" not in image.plain_info  # the profile was of the CMYK data
 
 
 def test_classify_without_a_model_uses_the_bundled_classifier(tmp_path, capsys):

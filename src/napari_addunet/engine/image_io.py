@@ -99,6 +99,8 @@ def read_image(path: str | os.PathLike) -> ImageFile:
             target = _plain_mode(im)
             data = np.array(im.convert(target) if target != im.mode else im)
             info = {k: im.info[k] for k in ("dpi", "icc_profile", "exif") if im.info.get(k)}
+            if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):  # converted: its profile is of the other space
+                info.pop("icc_profile", None)
         alpha = None
         if target in ("LA", "RGBA"):
             alpha = np.ascontiguousarray(data[..., -1])
@@ -143,6 +145,22 @@ def _refuse_16_bit_colour_png(path: Path) -> None:
         )
 
 
+def _exif_orientation(info: dict[str, Any]) -> int | None:
+    """The EXIF orientation (2-8) of a PNG/JPEG source, or None when upright or unknown."""
+    raw = info.get("exif")
+    if not raw:
+        return None
+    from PIL import Image
+
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = int(exif.get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: keep what can be kept
+        return None
+    return value if 2 <= value <= 8 else None
+
+
 def _grey_palette(im: Any) -> bool:
     colours = np.asarray(im.getpalette() or [], dtype=np.uint8)
     colours = colours[: len(colours) // 3 * 3].reshape(-1, 3)
@@ -156,6 +174,10 @@ def _plain_mode(im: Any) -> str:
         alpha = mode == "PA" or "transparency" in im.info
         grey = _grey_palette(im)
         return ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
+    if mode in ("L", "RGB") and "transparency" in im.info:
+        # a colour key marks the transparent pixels: read as an alpha channel and kept as one
+        # (a denoised pixel would no longer match the key)
+        return "LA" if mode == "L" else "RGBA"
     if mode == "1":
         return "L"
     if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
@@ -381,6 +403,9 @@ def write_image(
             elif like is not None and like.plain_info.get("dpi"):  # a PNG/JPEG's pixel size
                 kwargs["resolution"] = tuple(float(v) for v in like.plain_info["dpi"][:2])
                 kwargs["resolutionunit"] = "INCH"
+            turned = _exif_orientation(like.plain_info) if like is not None else None
+            if turned is not None:  # a photo shown turned: the TIFF says so too (tag 274)
+                kwargs["extratags"] = [(274, "H", 1, turned, True)]
             arr = np.asarray(data, dtype=np.float32)
             ax = axes or (like.axes if like is not None else None)
             if ax is None and like is not None and like.rgb and arr.ndim == 3 and arr.shape[-1] in (3, 4):
