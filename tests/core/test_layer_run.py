@@ -155,3 +155,23 @@ def test_rgba_layers_keep_their_alpha(model):
     # the same with the axes typed: the alpha is kept, not denoised as a fourth channel
     typed = run_layer_denoise(model, snap, axes="YXC", device="cpu")
     np.testing.assert_array_equal(typed.layers[0][0], den)
+
+
+def test_a_lazy_layer_is_read_plane_by_plane_for_the_noise_estimate(model, monkeypatch):
+    da = pytest.importorskip("dask.array")
+    from napari_addunet.engine import layer_run
+
+    given = []
+    real = layer_run.estimate_sigma
+
+    def spy(data, axes=None, rgb=None):
+        given.append(type(data).__module__.split(".")[0])
+        return real(data, axes, rgb)
+
+    monkeypatch.setattr(layer_run, "estimate_sigma", spy)
+    stack = np.random.default_rng(5).random((40, 24, 24)).astype(np.float32)
+    result = run_layer_denoise(model, _snapshot(da.from_array(stack, chunks=(1, 24, 24))), device="cpu")
+    # the input's estimate reads the dask array's sampled planes; it was first loaded whole
+    assert given[0] == "dask" and given[1] == "numpy"
+    plain = run_layer_denoise(model, _snapshot(stack), device="cpu")
+    assert result.record.sigma_before == pytest.approx(plain.record.sigma_before)

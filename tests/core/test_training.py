@@ -585,7 +585,10 @@ def test_validation_data_must_map_like_the_training_data():
     with pytest.raises(TypeError, match="validation must be built with clean_data.* got list"):
         train_events(data, tiny(num_classes=2), SMALL, validation=[images[2]])
     same = clean_data(images[2:], labels=["b", "a"], class_names=["a", "b"])
-    assert train(data, tiny(num_classes=2), dict(SMALL, epochs=1), validation=same).history
+    assert train(data, tiny(num_classes=2), dict(SMALL, epochs=1, lambda_cls=1.0), validation=same).history
+    # labels with lambda_cls 0: the head would not learn, and the run says so
+    with pytest.warns(UserWarning, match="labels are given but lambda_cls is 0"):
+        train_events(data, tiny(num_classes=2), dict(SMALL, epochs=1), validation=same)
     # labels on one side only: the validation would score the classification on nothing
     with pytest.raises(DataError, match="training data have class labels but the validation data do not"):
         train_events(data, tiny(num_classes=2), SMALL, validation=clean_data(images[2:]))
@@ -802,6 +805,15 @@ def test_a_resume_resets_the_best_only_for_settings_its_mode_validates_with(tmp_
         warnings.simplefilter("error")  # a supervised run has no mask: nothing to reset
         result = train(small_data(), resume=part, config=dict(SMALL, mask_fraction=0.05))
     assert not result.model.metadata["training"].get("best_resets")
+
+
+def test_a_resume_refuses_a_model_other_than_its_own(tmp_path):
+    part = tmp_path / "part.safetensors"
+    stop_at_step_7(part)
+    wider = na.create_model("addunet", width=12, kernels=(3, 3, 3))
+    for other in (wider, na.create_model("dncnn", depth=3, width=4)):  # was a raw torch error
+        with pytest.raises(DataError, match="is not the one of the run being resumed"):
+            train_events(small_data(), other, resume=part)
 
 
 def test_a_resume_refuses_another_steps_per_epoch(tmp_path):

@@ -282,13 +282,14 @@ def iter_layer_denoise(
     denoised = np.asarray(result.denoised, dtype=np.float32)
     yield Progress(1, 1, 0.0, "estimating the noise before and after")
     _stop_if_cancelled(cancel)
-    source = np.asarray(data)  # the colour channels of RGBA: the alpha carries no noise
-    sigma_before = _sigma(source, result.axes)
+    # the colour channels of RGBA (the alpha carries no noise); read plane by plane, so a
+    # lazy (dask) layer is not loaded whole a second time for the estimate
+    sigma_before = _sigma(data, result.axes)
     sigma_after = _sigma(denoised, result.axes)
     values = float(np.prod(denoised.shape)) / 1e6  # processed: without an RGBA layer's alpha
     res = None
     if residual:
-        res = source.astype(np.float32) - denoised
+        res = np.asarray(data).astype(np.float32) - denoised
     if alpha is not None:  # both results keep the input's alpha (a residual's would be 0)
         kept = np.asarray(alpha, dtype=np.float32)
         denoised = np.concatenate([denoised, kept], axis=-1)

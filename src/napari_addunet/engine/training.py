@@ -135,6 +135,12 @@ def check_compatible(model: DenoiserModel, data: TrainingData, config: TrainingC
         )
     if len(data) == 0:
         raise DataError("no images to train on")
+    if data.labels is not None and config.lambda_cls == 0:
+        warnings.warn(
+            "labels are given but lambda_cls is 0, so the classification head does not learn (its "
+            "accuracy stays at chance); set lambda_cls > 0, e.g. 1, to train it with the denoiser",
+            stacklevel=4,
+        )
 
 
 _LINEAGE_KEYS = (
@@ -543,6 +549,13 @@ class _Run:
         if isinstance(model, DenoiserModel):
             if settings:
                 raise TypeError("model_settings are for a model built by name; this model is already built")
+            if self.state_in is not None:
+                arch, saved = self.state_in["architecture"], loads(self.state_in["model_config"])
+                if model.architecture != arch or dumps(model.config.to_dict()) != dumps(saved):
+                    raise DataError(
+                        f"the model passed ({model.architecture}) is not the one of the run being resumed "
+                        f"({arch}, with its saved settings); pass no model to continue that run's own"
+                    )
             return model
         if isinstance(model, torch.nn.Module):
             raise TypeError(
