@@ -148,6 +148,16 @@ def test_receptive_field_is_positive_and_bounds_the_real_dependence(name):
     assert 2 * reach + 1 <= rf, f"{name}: measured dependence {2 * reach + 1} > receptive field {rf}"
 
 
+@pytest.mark.parametrize("name", ARCHS)
+def test_receptive_field_is_the_same_inside_no_grad_and_inference_mode(name):
+    model = small(name).eval()
+    rf = na.receptive_field(model)
+    with torch.no_grad():  # the models sum in place there: a traced branch dropped out (43 -> 19)
+        assert na.receptive_field(model) == rf
+    with torch.inference_mode():
+        assert na.receptive_field(model) == rf
+
+
 def test_unknown_architecture_suggests_names():
     with pytest.raises(UnknownModelError, match="Did you mean 'addunet'"):
         na.create_model("addunett")

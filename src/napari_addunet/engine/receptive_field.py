@@ -74,7 +74,10 @@ def receptive_field(model: nn.Module | str | os.PathLike) -> int:
 
     model = resolve_module(model)
     target = _ImagePath(model) if hasattr(model, "forward_features") else model
-    graph = torch.fx.symbolic_trace(target).graph
+    # traced with gradients on: without them the models sum in place (``v.add_(u)``), which the
+    # tracer records as a node nobody uses, and a whole branch would drop out of the graph
+    with torch.enable_grad():
+        graph = torch.fx.symbolic_trace(target).graph
     modules = dict(target.named_modules())
     state: dict[torch.fx.Node, tuple[float, float]] = {}  # node -> (receptive field, stride product)
 

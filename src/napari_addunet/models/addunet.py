@@ -365,7 +365,7 @@ class AddUNet(DenoiserModel):
         if torch.is_grad_enabled():
             return self.decoders[j](u + alpha * skip)
         v = alpha * skip
-        v.add_(u)
+        v = v.add_(u)
         for layer in _leaves(self.decoders[j]):  # each input is released once used
             v = layer(v)
         return v
