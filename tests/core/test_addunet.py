@@ -314,6 +314,8 @@ def test_a_small_initial_gate_learns_and_a_gate_set_to_zero_stays_closed():
     torch.manual_seed(0)
     model = na.create_model("addunet", width=4, kernels=(3, 3), gate_init=0.0)
     assert model.gates == pytest.approx((1e-4, 1e-4), rel=1e-3)  # 0 starts at 1e-4: it can open
+    small = na.create_model("addunet", width=4, kernels=(3, 3), gate_init=1e-5)
+    assert small.gates == pytest.approx((1e-5, 1e-5), rel=1e-3)  # other values as given (was 1e-4)
     model.set_gates([0.0, 0.001])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     x = torch.rand(2, 1, 16, 16)

@@ -249,3 +249,13 @@ def test_malformed_metadata_the_engine_reads_is_refused_before_writing(tmp_path)
         model, path, class_names=["a", "b"], normalization={"method": "range", "low": 0, "high": 255}
     )
     assert na.load_model(path).class_names == ["a", "b"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_the_header_gates_are_those_of_the_rounded_weights(tmp_path, dtype):
+    model = na.create_model("addunet", width=4, kernels=(3, 3, 3))
+    model.set_gates([0.0, 0.5, 3.0])
+    path = na.save_model(model, tmp_path / "m.safetensors", weights_dtype=dtype)
+    loaded = na.load_model(path).gates
+    assert loaded != (0.0, 0.5, 3.0)  # rounded to the stored precision
+    assert tuple(na.read_header(path)["gates"]) == pytest.approx(loaded, abs=0, rel=0)  # was the unrounded

@@ -241,8 +241,9 @@ def save_model(
     }
     from napari_addunet.models.addunet import AddUNet
 
-    if isinstance(model, AddUNet):
-        header["gates"] = _json(list(model.gates), "gates")
+    if isinstance(model, AddUNet):  # as the file's (possibly rounded) weights give them
+        stored = torch.nn.functional.softplus(tensors["beta"].float())
+        header["gates"] = _json([float(a) for a in stored], "gates")
     if dtype != torch.float32:
         header["weights_dtype"] = str(dtype).removeprefix("torch.")
     with atomic_write(path) as tmp:

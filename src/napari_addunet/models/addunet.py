@@ -212,7 +212,7 @@ class AddUNet(DenoiserModel):
             self.ups = nn.ModuleList()
         self.out = nn.Conv2d(c, config.output_channels, 1)
         # a gate at exactly 0 could never open (softplus has no gradient there): start at 1e-4
-        start = max(config.gate_init, MIN_GATE_INIT)
+        start = config.gate_init if config.gate_init > 0 else MIN_GATE_INIT
         self.beta = nn.Parameter(_beta_for([start] * depth, torch.get_default_dtype()))
         self._make_head(c)
 
