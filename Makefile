@@ -15,7 +15,7 @@ setup:
 	@VENV=$(VENV) bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/napari-addunet demo --output demo-output
+	$(VENV)/bin/napari-addunet demo --output demo-output --overwrite
 
 test: setup
 	@if command -v xvfb-run >/dev/null 2>&1; then \

@@ -583,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["tiff", "input"],
         default="tiff",
         help="tiff: float32 TIFF (default); input: PNG/JPEG inputs are written in their own "
-        "format and integer range, with its suffix",
+        "format and integer range, with its suffix. An output file name given with -o picks its "
+        "format by its suffix (.tif, .png, .jpg, .bmp)",
     )
     p.add_argument(
         "--nan-policy",

@@ -33,7 +33,7 @@ def register_model(
     config_cls
         The architecture's :class:`ModelConfig` subclass.
     summary
-        One line shown by ``list_models(verbose=True)`` and the ``info`` command.
+        One line shown by ``model_summaries()`` and the ``info`` command.
     """
 
     def decorate(model_cls: type[DenoiserModel]) -> type[DenoiserModel]:
