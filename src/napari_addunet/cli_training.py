@@ -88,7 +88,7 @@ def read_config_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise _error(f"config file {p.name} does not exist")
-    text = p.read_text(encoding="utf-8")
+    text = p.read_text(encoding="utf-8-sig")  # as saved by editors that add a byte-order mark
     if p.suffix.lower() == ".toml":
         try:
             import tomllib

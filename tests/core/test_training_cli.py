@@ -260,3 +260,14 @@ def test_resume_from_the_state_alone_and_setup_failures_are_one_line(
     assert run("train", "--clean", images, "--config", bf16, *FAST, "-o", tmp_path / "b.safetensors") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cpu_bf16 needs a CPU with native bfloat16" in err[0]
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(config, tmp_path):
+    from napari_addunet.cli_training import read_config_file
+
+    marked = tmp_path / "marked.toml"
+    marked.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())  # as some editors save it
+    assert read_config_file(str(marked)) == read_config_file(str(config))
+    as_json = tmp_path / "marked.json"
+    as_json.write_bytes(b"\xef\xbb\xbf" + b'{"arch": "addunet", "training": {"lr": 0.003}}')
+    assert read_config_file(str(as_json))["arch"] == "addunet"

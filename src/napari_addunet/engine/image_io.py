@@ -298,7 +298,8 @@ def check_writable(path: str | os.PathLike) -> None:
     if suffix not in WRITABLE:
         raise ImageIOError(
             f"{Path(path).name}: can write TIFF (.tif, .tiff), PNG, JPEG (.jpg, .jpeg) or BMP, "
-            f"not {suffix or '(no suffix)'} (nothing was written)"
+            f"not {suffix or '(no suffix)'} (nothing was written; to name a folder, end the name "
+            "with a slash)"
         )
 
 
