@@ -160,6 +160,33 @@ def test_runtime_dependencies_are_ranges_without_qt_or_napari():
         assert not operators & {"==", "==="}, f"{requirement} is pinned"
 
 
+def test_every_package_the_source_imports_is_a_dependency():
+    """Imports of the package's modules, checked against what it declares (napari comes from
+    the host application, or the napari extra)."""
+    import ast
+    import sys
+
+    declared = {Requirement(line).name.lower() for line in md.requires(DIST) or []}
+    providers = md.packages_distributions()
+    missing = {}
+    for path in (ROOT / "src" / "napari_addunet").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "napari_addunet":
+                    continue
+                dists = {d.lower() for d in providers.get(top, [top])}
+                if not dists & declared:
+                    missing[top] = path.name
+    assert missing == {}, f"imported but not declared: {missing}"
+
+
 def test_extras():
     requirements = [Requirement(line) for line in md.requires(DIST) or []]
 
@@ -202,6 +229,11 @@ def test_wheel_carries_manifest_and_entry_points(wheel: Path):
     assert f"{DIST} = {PACKAGE}:napari.yaml" in entry_points
     assert f"{DIST} = {PACKAGE}.cli:main" in entry_points
     assert not any(n.startswith(("tests/", "src/")) for n in names)
+
+
+def test_wheel_marks_the_package_as_typed(wheel: Path):
+    with zipfile.ZipFile(wheel) as archive:  # PEP 561: type checkers read the package's hints
+        assert f"{PACKAGE}/py.typed" in archive.namelist()
 
 
 def test_wheel_carries_every_bundled_model_and_no_dataset(wheel: Path, repo_root: Path):
