@@ -65,7 +65,11 @@ def cli_check_line(check: dict[str, Any] | None, bundled: dict[str, Any]) -> str
 
 
 def ensemble_lines(
-    name: str, entry: dict[str, Any], dncnn: dict[str, Any] | None, cpu: dict[str, Any] | None
+    name: str,
+    entry: dict[str, Any],
+    dncnn: dict[str, Any] | None,
+    cpu: dict[str, Any] | None,
+    doc: dict[str, Any] | None = None,
 ) -> list[str]:
     """The bundled model with a self-ensemble (row ``name``), against the same targets and its cost.
 
@@ -98,7 +102,9 @@ def ensemble_lines(
         )
     if dncnn and "error" not in dncnn and entry.get("cpu_seconds_per_mp"):
         ratio = entry["cpu_seconds_per_mp"] / dncnn["cpu_seconds_per_mp"]
-        together = all("side by side" in e.get("timing", "") for e in (entry, dncnn))
+        together = not any(
+            _outside_pass(doc or {}, n, e) for n, e in ((name, entry), ("budget-dncnn", dncnn))
+        ) and all("side by side" in e.get("timing", "") for e in (entry, dncnn))
         if together or not costs:
             costs.append(
                 (
@@ -131,6 +137,11 @@ def _outside_pass(doc: dict[str, Any], name: str, entry: dict[str, Any]) -> bool
     """Whether a denoising row's CPU time was measured outside the table's side-by-side pass."""
     run = doc.get("timing_run")
     return bool(run) and (name not in run.get("rows", []) or "side by side" not in entry.get("timing", ""))
+
+
+def _own_threads(name: str, entry: dict[str, Any]) -> bool:
+    """Whether a BM3D row was timed with the library's own thread pool (before it was set to 1)."""
+    return name == "bm3d" and entry.get("settings", {}).get("num_threads") != 1
 
 
 def _bundled_cpu_row(cpu: dict[str, Any] | None, ensemble: int) -> dict[str, Any] | None:
@@ -185,9 +196,20 @@ def denoising_section(
     first = {"addunet-bundled": 0} | {
         name: entry.get("ensemble", 1) for name, entry in _ensemble_rows(methods)
     }
-    for name, entry in sorted(
-        methods.items(), key=lambda kv: (first.get(kv[0], 100), kv[1].get("order", 99))
-    ):
+    classical = ("bm3d", "nlm", "tv", "wavelet")
+
+    def place(kv: tuple[str, dict[str, Any]]) -> tuple:
+        # as the denoising page orders them: bundled, budget-trained, other models, classical
+        name, entry = kv
+        if name in first:
+            return (0, first[name], "")
+        if name.startswith("budget-"):
+            return (1, entry.get("order", 99), name)
+        if entry.get("kind") == "model":
+            return (2, 0, name)
+        return (3, classical.index(name) if name in classical else 99, name)
+
+    for name, entry in sorted(methods.items(), key=place):
         if "error" in entry:
             lines.append(f"| {name} | {entry['error']} | | | |")
             continue
@@ -199,13 +221,21 @@ def denoising_section(
         )
         lines.append(
             f"| {shown} | {_fmt(_psnr(entry, 'bsd68'))} | {_fmt(_psnr(entry, 'set12'))} | {params} | "
-            f"{entry.get('cpu_seconds_per_mp', float('nan')):.2f}{'*' if _outside_pass(doc, name, entry) else ''} |"
+            f"{entry.get('cpu_seconds_per_mp', float('nan')):.2f}{'*' if _outside_pass(doc, name, entry) else ''}"
+            f"{'†' if _own_threads(name, entry) else ''} |"
         )
     lines += [
         f"| BM3D, published | {_fmt(BM3D['bsd68'])} | {_fmt(BM3D['set12'])} | - | - |",
         f"| DnCNN-S, published (one model per sigma) | {_fmt(DNCNN_S['bsd68'])} | {_fmt(DNCNN_S['set12'])} | 556,097 | - |",
         "",
     ]
+    if any(_own_threads(n, e) for n, e in methods.items() if "error" not in e):
+        lines += [
+            "† timed with BM3D's own thread pool (the library's default: as many threads as the machine "
+            "has), not 1 thread as the other rows; `python benchmarks/denoising.py --data <data>` "
+            "measures it again with one.",
+            "",
+        ]
     if any(_outside_pass(doc, n, e) for n, e in methods.items() if "error" not in e):
         lines += [
             "CPU times marked * were timed apart from the pass that timed the table's rows together "
@@ -234,7 +264,7 @@ def denoising_section(
                     f"on these; `python benchmarks/denoising.py --data <data> --redo {name}` remeasures it."
                 )
                 continue
-            lines += ensemble_lines(name, entry, methods.get("budget-dncnn"), cpu)
+            lines += ensemble_lines(name, entry, methods.get("budget-dncnn"), cpu, doc)
         lines.append(cli_check_line(_load("cli-check.json"), bundled))
         bm3d = methods.get("bm3d")
         if bm3d and "error" not in bm3d:
@@ -281,7 +311,9 @@ def denoising_section(
             + (f", its self-ensemble of 2 {x2_large['ratio_to_dncnn']:.2f}x." if x2_large else ".")
         )
     dn = methods.get("budget-dncnn")
-    side_by_side = all("side by side" in (e or {}).get("timing", "") for e in (bundled, dn))
+    side_by_side = bool(bundled and dn) and not any(
+        _outside_pass(doc, n, e) for n, e in (("addunet-bundled", bundled), ("budget-dncnn", dn))
+    )
     if doc.get("timing_run") and bundled and dn and "error" not in dn and side_by_side:
         ratio = bundled["cpu_seconds_per_mp"] / dn["cpu_seconds_per_mp"]
         lines.append(
@@ -416,8 +448,12 @@ def self_supervised_section(doc: dict[str, Any] | None, denoising: dict[str, Any
         rows = sorted((r for r in doc["rows"].values() if r["sigma"] == sigma), key=lambda r: r["steps"])
         sup = next((r for r in rows if r["name"] == "supervised-train400"), rows[0])
         main_rows = {r["name"]: r for r in rows if r["settings"] == sup["settings"]}
+
+        def star(r: dict[str, Any]) -> str:
+            return "" if r.get("scored") == "last weights" else "*"
+
         parts = [
-            f"{n} {main_rows[n]['psnr']:.2f}"
+            f"{n} {main_rows[n]['psnr']:.2f}{star(main_rows[n])}"
             for n in ("n2v-test", "n2v-train400", "supervised-train400")
             if n in main_rows
         ]
@@ -435,11 +471,16 @@ def self_supervised_section(doc: dict[str, Any] | None, denoising: dict[str, Any
             gap = main_rows["n2v-test"]["psnr"] - main_rows["supervised-train400"]["psnr"]
             line += f"; training on the noisy images alone costs {-gap:.2f} dB against clean references"
         others = [
-            f"{r['name']} with {r['steps']} steps, mask {r['settings']['mask_fraction']:g}: {r['psnr']:.2f}"
+            f"{r['name']} with {r['steps']} steps, mask {r['settings']['mask_fraction']:g}: {r['psnr']:.2f}{star(r)}"
             for r in rows
             if r["settings"] != sup["settings"]
         ]
         lines.append(line + (f". Other budgets: {'; '.join(others)}." if others else "."))
+    if any(r.get("scored") != "last weights" for r in doc["rows"].values()):
+        lines.append(
+            "- \\* scored on the epoch with the lowest training loss, not on the last weights as the "
+            "others (measured before that rule; the page says how to measure them again)."
+        )
     return lines + [""]
 
 

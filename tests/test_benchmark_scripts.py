@@ -783,6 +783,7 @@ def test_summary_states_what_training_without_clean_images_costs():
         "input_psnr": 20.5,
         "steps": 1000,
         "settings": {"steps": 1000, "mask_fraction": 0.02},
+        "scored": "last weights",
     }
     longer = dict(
         row, name="n2v-test", psnr=26.7, steps=4000, settings={"steps": 4000, "mask_fraction": 0.02}
@@ -940,3 +941,69 @@ def test_percentile_noise_table_averages_images_and_seeds_and_the_ablation_is_un
     with pytest.raises(RuntimeError, match="stop"):
         bench.train_one("fixed-25", "clean-percentiles", 0, 1)
     assert _Run._noisy_percentiles is original
+
+
+def test_a_classical_row_measured_with_other_settings_is_measured_again_and_bm3d_runs_on_one_thread():
+    den = _script("denoising")
+    bm3d, nlm = den.classical_methods()[:2]
+    assert bm3d.settings["num_threads"] == 1
+    images = {"bsd68": {"a": np.zeros((8, 8), np.uint8)}}
+    run = {"images": ["a"], "sigmas": ["25"]}
+    row = {"datasets": {"bsd68": run}, "settings": dict(nlm.settings)}
+    assert den.is_current(row, nlm, images, (25.0,))
+    changed = dict(row, settings={"rule": "another rule"})
+    assert not den.is_current(changed, nlm, images, (25.0,))  # was reused as it was
+    old_bm3d = {
+        "name": "bm3d",
+        "datasets": {"bsd68": run},
+        "settings": {"sigma_psd": "sigma/255", "profile": "np"},
+    }
+    assert not den.is_current(old_bm3d, bm3d, images, (25.0,))  # timed with the library's threads
+    assert den.own_threads(old_bm3d) and not den.own_threads({"name": "bm3d", "settings": bm3d.settings})
+    pytest.importorskip("bm3d")
+    noisy = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    assert den.classical_denoiser("bm3d")(noisy, 25.0).shape == (32, 32)
+
+
+def test_the_summary_orders_rows_as_the_denoising_page_and_stars_mixed_scoring():
+    summary = _script("summary")
+    bsd = {"bsd68": {"results": {s: {"psnr": 30.0} for s in ("15", "25", "50")}}}
+    methods = {
+        "bm3d": {
+            "kind": "classical",
+            "order": 6,
+            "datasets": bsd,
+            "cpu_seconds_per_mp": 25.0,
+            "settings": {},
+        },
+        "budget-unet": {"kind": "model", "order": 6, "datasets": bsd, "cpu_seconds_per_mp": 1.0},
+        "addunet-bundled": {
+            "kind": "model",
+            "order": 0,
+            "parameters": 1,
+            "datasets": bsd,
+            "cpu_seconds_per_mp": 2.0,
+        },
+        "nlm": {"kind": "classical", "order": 7, "datasets": bsd, "cpu_seconds_per_mp": 1.0},
+    }
+    text = "\n".join(summary.denoising_section({"methods": methods}, None))
+    rows = [
+        line.split("|")[1].strip()
+        for line in text.splitlines()
+        if line.startswith("| ") and "published" not in line
+    ]
+    names = [r for r in rows if r in methods]
+    assert names == ["addunet-bundled", "budget-unet", "bm3d", "nlm"]  # bm3d sat among the budget rows
+    assert "25.00† |" in text and "BM3D's own thread pool" in text
+    row = {
+        "name": "n2v-train400",
+        "sigma": 25.0,
+        "psnr": 26.33,
+        "steps": 1000,
+        "input_psnr": 20.5,
+        "settings": {"mask_fraction": 0.02, "steps": 1000},
+    }
+    sup = dict(row, name="supervised-train400", psnr=28.47, scored="last weights")
+    section = "\n".join(summary.self_supervised_section({"rows": {"a": row, "b": sup}}, None))
+    assert "n2v-train400 26.33*" in section and "supervised-train400 28.47." in section
+    assert "scored on the epoch with the lowest training loss" in section
