@@ -105,6 +105,13 @@ def test_eager_option_and_predict_on_dask(model, stack):
     # one plane per block against batches of planes: the CPU's channels-last convolutions
     # round differently per batch size, so the two agree to float rounding, not bit for bit
     np.testing.assert_allclose(as_dask.compute(), eager, rtol=1e-6, atol=1e-6 * float(np.abs(eager).max()))
+    # predict(lazy=True): fine for a model without a head (nothing to classify now)...
+    lazy = predict(model, d, device="cpu", lazy=True)
+    assert isinstance(lazy.denoised, da.Array) and lazy.probabilities is None
+    # ...and for one with a head, the advice names a call that takes it (was "classify=False")
+    headed = create_model("addunet", width=4, kernels=(3, 3), num_classes=2).eval()
+    with pytest.raises(ValueError, match=r"napari_addunet.denoise\(\.\.\., lazy=True\)"):
+        predict(headed, d, device="cpu", lazy=True)
 
 
 def test_zarr_to_dask_to_zarr(model, tmp_path):

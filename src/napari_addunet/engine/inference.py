@@ -296,7 +296,9 @@ def iter_denoise(
     classify
         Also compute class probabilities when the model has a classification head.
     rgb
-        napari's ``rgb`` flag, used only when ``axes`` is None.
+        napari's ``rgb`` flag, used only when ``axes`` is None. An array's channels are all
+        denoised, a fourth (alpha) one of an RGBA image too: pass ``data[..., :3]`` and keep the
+        alpha apart, as the widgets and the command line do.
     cancel
         A ``threading.Event``; when set the run stops within one tile.
     lazy
@@ -352,10 +354,11 @@ def iter_denoise(
     dask_input = is_dask_array(data)
     if lazy is None:
         lazy = dask_input and not classify
-    if lazy and classify:
+    if lazy and classify and getattr(model, "head", None) is not None:
         raise ValueError(
             "a lazy result cannot classify (class probabilities are computed now, for every plane): "
-            "pass classify=False with lazy=True, or lazy=False"
+            "pass classify=False with lazy=True (napari_addunet.denoise(..., lazy=True) for the "
+            "denoised image alone), or lazy=False"
         )
     if out is not None:
         _check_out(out, shape, lazy)
