@@ -444,7 +444,7 @@ def _training_line(meta: dict) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     from skimage import data as skdata
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from .engine.metrics import psnr, ssim
 
     from .engine.image_io import write_image
     from .engine.inference import denoise
@@ -487,10 +487,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scores = {}
     for label, arr in (("noisy", noisy), ("denoised", result)):
         a = np.clip(arr, 0, 1)
-        scores[label] = (
-            peak_signal_noise_ratio(clean, a, data_range=1.0),
-            structural_similarity(clean, a, data_range=1.0),
-        )
+        scores[label] = (psnr(clean, a, 1.0), ssim(clean, a, 1.0))  # as evaluate and the Readout
     name = getattr(model, "source_path", "")
     print(f"model: {Path(name).name or model.architecture} ({model.num_parameters():,} parameters)")
     print(

@@ -194,6 +194,11 @@ def test_demo_writes_results_and_improves_psnr(tmp_path, capsys):
         tifffile.imread(out / n) for n in ("clean.tif", "noisy.tif", "denoised.tif", "residual.tif")
     )
     np.testing.assert_allclose(res, noisy - den, atol=1e-5)
+    # scored as evaluate and the Readout score (skimage's defaults gave another SSIM)
+    from napari_addunet.engine.metrics import ssim
+
+    denoised_ssim = float(text.split("denoised:")[1].split("SSIM")[1].split()[0])
+    assert denoised_ssim == pytest.approx(ssim(clean, np.clip(den, 0, 1), 1.0), abs=1e-4)
     assert main(["demo", "--output", str(out)]) == 2
 
 

@@ -80,6 +80,9 @@ def test_low_noise_on_integer_data_is_not_stuck_on_a_few_values(sigma):
     # the plain median of multiples of 0.5 gave 0.741 for sigma 0.5 and 1.0, 2.224 for 2.0 and 2.5
     assert plane_sigma(x) == pytest.approx(observed, rel=0.06)
     assert plane_sigma(x.astype(np.float32)) == plane_sigma(x)  # integer values in a float array
+    # 8-bit data scaled to [0, 1] are as quantised: 0.741 / 255 for sigma 1 and 2.224 / 255 for 2
+    assert plane_sigma(x / 255.0) * 255 == pytest.approx(plane_sigma(x), rel=0.01)
+    assert plane_sigma((x / 255.0).astype(np.float32)) * 255 == pytest.approx(plane_sigma(x), rel=0.01)
 
 
 def test_integer_data_with_huge_values_is_estimated_in_little_memory(monkeypatch):

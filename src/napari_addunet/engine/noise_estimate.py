@@ -34,8 +34,9 @@ def plane_sigma(plane: Any) -> float:
 
     Blocks whose four pixels all equal the plane's minimum or maximum (padding, clipped
     background, saturation) carry no noise and are left out, unless nothing else is left.
-    On integer data, whose coefficients are multiples of 0.5, the median is interpolated
-    within its bin, so the estimate is not stuck on a few values at low noise.
+    On quantised data (integers, or e.g. 8-bit values scaled to [0, 1]), whose coefficients
+    are multiples of half a grey level, the median is interpolated within its bin, so the
+    estimate is not stuck on a few values at low noise.
 
     Parameters
     ----------
@@ -63,8 +64,28 @@ def plane_sigma(plane: Any) -> float:
     d = np.abs(d[keep])
     if not d.any():
         return 0.0  # no variation at all
-    integer = raw.dtype.kind in "uib" or bool(np.all(finite == np.round(finite)))
-    return float((_binned_median(d, 0.5) if integer else np.median(d)) / MAD_TO_SIGMA)
+    step = 1.0 if raw.dtype.kind in "uib" else _quantum(finite)
+    return float((_binned_median(d, step / 2) if step else np.median(d)) / MAD_TO_SIGMA)
+
+
+MAX_LEVELS = 1 << 18
+"""Most grey levels a float image may span and still count as quantised (e.g. uint8 / 255)."""
+
+
+def _quantum(values: np.ndarray) -> float | None:
+    """The step every value is a whole multiple of (1 for integers, 1/255 for 8-bit data
+    scaled to [0, 1], ...), or None for data that are not on such a grid."""
+    if np.all(values == np.round(values)):
+        return 1.0
+    levels = np.unique(values[:: max(1, values.size // (1 << 20))])
+    if levels.size < 2:
+        return None
+    step = float(np.min(np.diff(levels)))
+    span = float(levels[-1] - levels[0])
+    if not step > 0 or span / step > MAX_LEVELS:
+        return None
+    k = values / step
+    return step if bool(np.allclose(k, np.round(k), rtol=0, atol=1e-3)) else None
 
 
 def _binned_median(values: np.ndarray, step: float) -> float:
