@@ -444,10 +444,10 @@ def _training_line(meta: dict) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     from skimage import data as skdata
-    from .engine.metrics import psnr, ssim
 
     from .engine.image_io import write_image
     from .engine.inference import denoise
+    from .engine.metrics import psnr, ssim
 
     out = Path(args.output)
     if not (args.sigma >= 0 and np.isfinite(args.sigma)):

@@ -95,6 +95,13 @@ def test_short_training_run_completes_and_becomes_active(
 
     loaded = load_model(path)
     assert loaded.gates == pytest.approx(state.model.gates)
+    # another model made active since (e.g. loaded in Denoise): Save still writes the trained one
+    from napari_addunet import create_model
+
+    state.set_model(create_model("addunet", width=4, kernels=(3, 3, 3)), "another model")
+    assert widget.save_model(tmp_path / "again.safetensors")
+    again = load_model(tmp_path / "again.safetensors")
+    assert len(again.gates) == 2 and again.gates == pytest.approx(result.model.gates)
 
 
 def test_training_can_be_stopped(viewer_session, add_dock, qtbot):
@@ -378,3 +385,28 @@ def test_a_script_that_exits_right_after_opening_the_widget_ends_cleanly(tmp_pat
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "opened" in proc.stdout and "has been deleted" not in proc.stderr
+
+
+def test_closing_the_dock_stops_training_at_once_without_a_garbage_collection(
+    viewer_session, add_dock, qtbot
+):
+    import gc
+
+    viewer, state = viewer_session
+    _layers(viewer)
+    widget = add_dock(viewer, WIDGET)
+    _tiny_settings(widget, epochs=500, steps=5)
+    widget.table.set_row("img0")
+    steps = []
+    widget.runner.event.connect(lambda e: steps.append(e) if isinstance(e, StepDone) else None)
+    before = state.model
+    assert widget.start()
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=60_000)
+    gc.disable()  # the widget sits in reference cycles: no collection may stop the job for it
+    try:
+        viewer.window.remove_dock_widget("all")  # the dock's close button
+        del widget
+        qtbot.waitUntil(lambda: "training" not in state.jobs, timeout=30_000)  # was still running
+    finally:
+        gc.enable()
+    assert state.model is before  # the closed widget's run did not become the active model

@@ -8,10 +8,31 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Signal
 from qtpy.QtWidgets import QComboBox, QLabel, QLineEdit, QSizePolicy, QWidget
 
 from napari_addunet.engine.devices import available_devices
+
+
+class DockWidget(QWidget):
+    """A dock widget that goes as soon as napari takes it out of its dock.
+
+    napari's close button only detaches the widget (``setParent(None)``); held in reference
+    cycles, it would live on until a garbage collection, its job running and its callbacks
+    acting on the session. Deleted at once instead, its jobs stop and its clean-ups run now.
+    """
+
+    _docked = False
+
+    def event(self, e: QEvent) -> bool:
+        if e.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                run_when_destroyed_now(self)  # its jobs stop and its clean-ups run now
+                self.deleteLater()
+        return super().event(e)
 
 
 def real_viewer(viewer: Any) -> Any:
@@ -306,9 +327,27 @@ class DeviceCombo(QComboBox):
 _WHEN_DESTROYED: dict[int, Callable[..., None]] = {}
 
 
-def _destroyed(key: int, fn: Callable[[], Any], *_args: Any) -> None:
+_OWNERS: dict[int, list[int]] = {}
+"""The callbacks of each object still waiting (by ``id``), for :func:`run_when_destroyed_now`."""
+
+
+def _destroyed(key: int, owner: int, fn: Callable[[], Any], *_args: Any) -> None:
+    keys = _OWNERS.get(owner)
+    if keys is not None and key in keys:
+        keys.remove(key)
+        if not keys:
+            del _OWNERS[owner]
     if _WHEN_DESTROYED.pop(key, None) is not None:  # once, whichever way comes first
         fn()
+
+
+def run_when_destroyed_now(obj: QObject) -> None:
+    """Run now what :func:`call_when_destroyed` holds for ``obj`` and its child objects."""
+    for o in [obj, *obj.findChildren(QObject)]:
+        for key in list(_OWNERS.get(id(o), [])):
+            callback = _WHEN_DESTROYED.get(key)
+            if callback is not None:
+                callback()
 
 
 def call_when_destroyed(obj: QObject, fn: Callable[[], Any]) -> None:
@@ -319,6 +358,7 @@ def call_when_destroyed(obj: QObject, fn: Callable[[], Any]) -> None:
     reference, a deletion whose ``destroyed`` signal no longer reaches Python callbacks.
     """
     key = id(fn)
-    _WHEN_DESTROYED[key] = functools.partial(_destroyed, key, fn)
+    _WHEN_DESTROYED[key] = functools.partial(_destroyed, key, id(obj), fn)
+    _OWNERS.setdefault(id(obj), []).append(key)
     obj.destroyed.connect(_WHEN_DESTROYED[key])
     weakref.finalize(obj, _WHEN_DESTROYED[key])

@@ -167,6 +167,7 @@ def _runner_destroyed(holder: dict[str, Any]) -> None:
     The slot in the session is freed when the job's worker has finished
     (:func:`_release_job`), so a new job of the kind cannot start while the old one still runs.
     """
+    holder["closed"] = True  # nothing of a job that ends now reaches the closed widget
     live = holder.get("job")
     if live is None:
         return
@@ -331,6 +332,8 @@ class JobRunner(QObject):
                 bar.setFormat(message or self.description)
             if self._pbar is not None:
                 self._pbar.update(done, total, message)
+        if self._holder.get("closed"):
+            return
         if self._on_event is not None:
             self._on_event(event)
         self.event.emit(event)
@@ -362,7 +365,7 @@ class JobRunner(QObject):
                 set_status(self.status, message, error=True)
         elif outcome.status == "cancelled" and self.status is not None:
             set_status(self.status, f"{self.description} cancelled; nothing was changed")
-        on_done = self._on_done
+        on_done = None if self._holder.get("closed") else self._on_done
         self._on_event = self._on_done = None
         try:
             if on_done is not None:

@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_addunet.engine.axes import AxesError, infer_axes
@@ -32,6 +31,7 @@ from napari_addunet.session import session as get_session
 
 from ._common import (
     DeviceCombo,
+    DockWidget,
     LayerCombo,
     axes_edit,
     axes_of,
@@ -47,7 +47,7 @@ from ._run import LayerRun
 ACTIVE = "__active__"
 
 
-class DenoiseWidget(QWidget):
+class DenoiseWidget(DockWidget):
     """Dock widget: model, image layer, axes, tile, device; Run and Cancel."""
 
     def __init__(self, napari_viewer: Any) -> None:

@@ -35,7 +35,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 from superqt import QLabeledDoubleSlider
 
@@ -51,6 +50,7 @@ from napari_addunet.engine.layer_run import LayerError, check_image_layer
 from napari_addunet.session import session as get_session
 
 from ._common import (
+    DockWidget,
     LayerCombo,
     axes_edit,
     axes_of,
@@ -121,7 +121,7 @@ def preview_translate(layer: Any, offset: Any, shown: Any) -> np.ndarray:
     return np.asarray(layer.translate, dtype=float) + np.linalg.solve(outer, shift)
 
 
-class GatesWidget(QWidget):
+class GatesWidget(DockWidget):
     """Dock widget: gate sliders with a live preview layer, Reset, Apply to layer, Sweep."""
 
     preview_updated = Signal(object)  # the PreviewFrame shown

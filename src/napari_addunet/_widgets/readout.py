@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_addunet.engine.axes import AxesError, resolve_axes
@@ -39,6 +38,7 @@ from napari_addunet.engine.readout import (
 from napari_addunet.session import session as get_session
 
 from ._common import (
+    DockWidget,
     LayerCombo,
     axes_edit,
     axes_of,
@@ -80,7 +80,7 @@ def recorded_axes(layer: Any) -> str | None:
     return axes if isinstance(axes, str) and len(axes) == len(layer.data.shape) else None
 
 
-class ReadoutWidget(QWidget):
+class ReadoutWidget(DockWidget):
     """Dock widget: a report of the session, quality against a reference, probabilities of the slice."""
 
     def __init__(self, napari_viewer: Any) -> None:

@@ -43,6 +43,7 @@ from napari_addunet.session import session as get_session
 
 from ._common import (
     DeviceCombo,
+    DockWidget,
     is_deleted,
     is_image_layer,
     real_viewer,
@@ -184,7 +185,7 @@ class LayerTable(QTableWidget):
         return out
 
 
-class TrainWidget(QWidget):
+class TrainWidget(DockWidget):
     """Dock widget: data from layers, architecture and training settings, Start/Stop, live plots, Save."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -462,6 +463,7 @@ class TrainWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
+        self.save_button.setEnabled(not running)  # the run's model is not ready to save yet
 
     # -- plots ------------------------------------------------------------------------------------
     def _draw(self) -> None:
@@ -523,8 +525,10 @@ class TrainWidget(QWidget):
             self.save_model(path)
 
     def save_model(self, path: Any) -> bool:
-        """Save the active model (the trained one after training) to a ``.safetensors`` file."""
-        model = self.session.model
+        """Save the model this widget trained last (the active model before any training) to a
+        ``.safetensors`` file; another model made active since does not replace it."""
+        trained = self.result is not None and self.result.model is not None
+        model = self.result.model if trained else self.session.model
         if model is None:
             show_error("There is no active model to save; train or load one first")
             return False
@@ -533,5 +537,5 @@ class TrainWidget(QWidget):
         except (CheckpointError, OSError, ValueError) as exc:
             show_error(f"Could not save the model: {exc}")
             return False
-        set_status(self.status, f"Saved the active model to {saved.name}")
+        set_status(self.status, f"Saved the {'trained' if trained else 'active'} model to {saved.name}")
         return True
