@@ -47,6 +47,7 @@ def test_layers_carry_name_geometry_and_record(model):
     assert result.record.sigma_before > 0 and result.record.sigma_after > 0  # an untrained model
     rows = dict(result.record.rows())
     assert rows["gates"] == "learned" and rows["axes"] == "ZYX"
+    assert rows["megapixels"] == pytest.approx(0.00512)  # not rounded to 0.005 before it is shown
 
 
 def test_gates_are_recorded_and_used(model):

@@ -141,3 +141,10 @@ def test_infinities_are_shown_with_their_sign():
     from napari_addunet.engine.readout import _fmt
 
     assert (_fmt(math.inf), _fmt(-math.inf), _fmt(0.5)) == ("inf", "-inf", "0.5")
+
+
+def test_whole_numbers_and_small_runs_read_as_they_are():
+    from napari_addunet.engine.readout import _fmt
+
+    assert _fmt(65535.0) == "65535" and _fmt(1.0) == "1" and _fmt(0.000784) == "0.000784"
+    assert _fmt(2.5e-4) == "0.00025" and _fmt(float("inf")) == "inf"

@@ -96,6 +96,7 @@ def test_class_probabilities_follow_the_dims_slider(viewer_session, add_dock, qt
         widths = [bar.get_width() for bar in readout._bars[1]]
         np.testing.assert_allclose(widths, probs[z], rtol=1e-6)
         assert f"z={z}" in readout.prob_label.text()
+        assert f"z={z}" in readout.text.toPlainText()  # the report's slice section follows (was z=0)
     assert "class probabilities" in readout.copy_text()
 
 

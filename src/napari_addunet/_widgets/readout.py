@@ -186,7 +186,7 @@ class ReadoutWidget(DockWidget):
 
     def refresh(self) -> None:
         """Rebuild the text from the session (called on every change)."""
-        self.update_probabilities()
+        self._show_probabilities()
         self.text.setPlainText(self.report().text())
 
     def _on_session(self, what: str) -> None:
@@ -256,7 +256,7 @@ class ReadoutWidget(DockWidget):
         self.quality = q
         self.quality_label.setText(
             f"{names[0]} vs {names[1]}: PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f} "
-            f"(data range {q['data_range']:.3g}); noise sigma {q['sigma']:.4g} (reference {q['sigma_reference']:.4g})"
+            f"(data range {q['data_range']:g}); noise sigma {q['sigma']:.4g} (reference {q['sigma_reference']:.4g})"
         )
         set_status(self.status, "")
         self.refresh()
@@ -275,7 +275,11 @@ class ReadoutWidget(DockWidget):
         return None
 
     def update_probabilities(self, *_: Any) -> None:
-        """Show the probabilities of the slice at napari's dims position."""
+        """Show the probabilities of the slice at napari's dims position (bars, label and text)."""
+        self._show_probabilities()
+        self.text.setPlainText(self.report().text())  # its slice section follows too
+
+    def _show_probabilities(self) -> None:
         layer = self._probability_layer()
         if layer is None:
             self.probabilities = None

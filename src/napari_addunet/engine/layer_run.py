@@ -184,9 +184,9 @@ class RunRecord:
             ("input", self.input_name),
             ("outputs", ", ".join(self.output_names)),
             ("started (UTC)", self.started),
-            ("time (s)", round(self.seconds, 3)),
-            ("megapixels", round(self.megapixels, 3)),
-            ("megapixels per second", round(self.megapixels_per_second, 3)),
+            ("time (s)", self.seconds),  # four significant digits when shown, small runs too
+            ("megapixels", self.megapixels),
+            ("megapixels per second", self.megapixels_per_second),
             ("device", self.device),
             ("tile (px)", self.tile if self.tile else "whole planes"),
             ("axes", self.axes),
