@@ -192,3 +192,18 @@ def test_view_points_are_the_slice_napari_draws_in_each_layers_units_and_transfo
     for layer in layers[2:]:
         at = layer_view_point(viewer, layer, (5.0, 7.0))
         np.testing.assert_allclose(layer._data_to_world.set_slice(shown)(at[1:]), (5.0, 7.0), atol=1e-9)
+
+
+def test_new_data_during_a_comparison_shows_no_stale_numbers(viewer_session, add_dock, monkeypatch, qtbot):
+    viewer, _ = viewer_session
+    noisy, clean = _pair((64, 64))
+    viewer.add_image(clean, name="clean")
+    layer = viewer.add_image(noisy, name="noisy")
+    readout, _ = _readout_comparing(viewer, add_dock, monkeypatch, "noisy", "clean")
+    assert readout.compare()
+    layer.data = clean.copy()  # before the result is shown (its callback runs on this thread)
+    qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
+    assert readout.quality is None and "changed during the comparison" in readout.status.text()
+    assert readout.compare()  # and the new data compare
+    qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
+    assert readout.quality["psnr"] == float("inf")

@@ -47,6 +47,7 @@ from ._common import (
     real_viewer,
     set_status,
     show_error,
+    show_info,
     status_label,
     without_alpha,
 )
@@ -242,12 +243,39 @@ class ReadoutWidget(DockWidget):
                 f"{text}{'' if text.endswith('.') else '.'} Type the axes in the Axes box (e.g. TZYX)."
             )
             return False
-        return self.runner.start(
+        changed: list[str] = []  # new data in either layer during the job: its numbers are stale
+        watched = list({id(x): x for x in (layer, reference)}.values())
+
+        def on_data(event: Any = None) -> None:
+            source = getattr(event, "source", None)
+            changed.append(getattr(source, "name", "a layer"))
+
+        for one in watched:
+            one.events.data.connect(on_data)
+
+        def done(outcome: Outcome) -> None:
+            for one in watched:
+                one.events.data.disconnect(on_data)
+            if changed and outcome.ok:
+                message = (
+                    f"The data of {changed[0]!r} changed during the comparison: nothing was shown; "
+                    "compare again"
+                )
+                show_info(message)
+                set_status(self.status, message)
+                return
+            self._on_quality(outcome, names)
+
+        started = self.runner.start(
             lambda: _quality_job(data, ref, rgb, axes),
             f"Comparing {names[0]!r} with {names[1]!r}",
-            on_done=lambda outcome: self._on_quality(outcome, names),
+            on_done=done,
             progress=lambda _e: None,
         )
+        if not started:
+            for one in watched:
+                one.events.data.disconnect(on_data)
+        return started
 
     def _on_quality(self, outcome: Outcome, names: tuple[str, str]) -> None:
         if not outcome.ok:
