@@ -491,6 +491,20 @@ def test_results_beyond_float32_are_refused_not_infinite(model):
     assert np.isfinite(denoise(model, big * 1e-9, device="cpu")).all()
 
 
+def test_float32_images_at_the_ends_of_its_range_map_back_without_overflow(identity):
+    import warnings
+
+    rng = np.random.default_rng(8)
+    huge = rng.normal(0, 3e38, (32, 32)).clip(-3.3e38, 3.3e38).astype(np.float32)
+    tiny = np.where(rng.random((32, 32)) > 0.5, 1e-42, 2e-42).astype(np.float32)  # subnormal
+    for data in (huge, tiny):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # was an overflow, then inf and NaN in the result
+            out = denoise(identity, data, device="cpu")
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, data, rtol=1e-5, atol=float(np.abs(data).max()) * 1e-5)
+
+
 def test_normalization_refuses_unknown_keys_and_takes_numpy_numbers(model):
     x = np.random.default_rng(5).random((16, 16)).astype(np.float32)
     with pytest.raises(NormalizationError, match="unknown normalization keys 'lo', 'hi'; the keys are"):

@@ -178,6 +178,8 @@ class Normalizer:
     def forward(self, x: np.ndarray, group: int = 0) -> np.ndarray:
         """``(x - offset) / scale`` as float32 (computed in float64 for wide input types)."""
         wd = work_dtype(x.dtype)
+        if self.method != "none" and self._extreme(group):
+            wd = np.float64  # float32 numbers near its range (or subnormal spreads) would overflow
         y = np.asarray(x, dtype=wd)
         if self.method != "none":
             y = (y - wd(self.offset[group])) * wd(1.0 / self.scale[group])
@@ -188,11 +190,17 @@ class Normalizer:
             )
         return y.astype(np.float32, copy=False)
 
+    def _extreme(self, group: int) -> bool:
+        """Whether this group's numbers overflow float32 arithmetic (range near 3.4e38, or a
+        spread so small that its inverse exceeds it)."""
+        scale, offset = float(self.scale[group]), float(self.offset[group])
+        return scale > F32_MAX / 4 or abs(offset) > F32_MAX / 4 or 1.0 / scale > F32_MAX / 4
+
     def inverse(self, y: np.ndarray, group: int = 0, wide: bool = False) -> np.ndarray:
         """Map network output back to input units, float32."""
         if self.method == "none":
             return np.asarray(y, dtype=np.float32)
-        wd = np.float64 if wide else np.float32
+        wd = np.float64 if wide or self._extreme(group) else np.float32
         out = np.asarray(y, dtype=wd) * wd(self.scale[group]) + wd(self.offset[group])
         if wd is np.float64 and out.size and np.nanmax(np.abs(out)) > F32_MAX:
             raise NormalizationError(
