@@ -172,3 +172,10 @@ def test_sigmas_that_would_share_a_key_are_refused():
 
     with pytest.raises(EvaluationError, match="both reported as 15"):  # the JSON kept one of them
         check_sigmas([15, 15.0000001])
+
+
+def test_a_grey_image_with_a_channel_axis_is_evaluated_as_the_image():
+    image = np.random.default_rng(3).integers(0, 256, (20, 24), dtype=np.uint8)
+    plain = evaluate(shift_model(0.0), [image], [25])
+    channel = evaluate(shift_model(0.0), [image[..., None]], [25])  # was refused
+    assert channel.rows[0].psnr == plain.rows[0].psnr

@@ -189,6 +189,8 @@ def load_eval_images(images: Any) -> list[tuple[str, np.ndarray]]:
     for name, a in items:
         arr = np.asarray(a)
         arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 and math.prod(arr.shape[:-2]) == 1 else arr
+        if arr.ndim == 3 and arr.shape[-1] == 1:  # (H, W, 1): a grey image with a channel axis
+            arr = arr[..., 0]
         if arr.ndim != 2:
             raise EvaluationError(f"{name} has shape {arr.shape}; the protocol takes 2-D grey images")
         if arr.dtype != np.uint8:
