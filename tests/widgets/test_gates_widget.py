@@ -44,6 +44,11 @@ def test_sliders_follow_the_active_model(viewer_session, add_dock):
     state.model.set_gates([0.0, 1.0, 1.0])
     state.set_model(state.model, "gates edited")
     assert widget.sliders[0].maximum() == pytest.approx(1.0)
+    # a nearly closed gate does not read as a closed one (both read 0.000)
+    state.model.set_gates([1e-4, 1.0, 0.0])
+    state.set_model(state.model, "a nearly closed gate")
+    labels = [widget.gate_grid.itemAtPosition(j, 2).widget().text() for j in range(3)]
+    assert labels == ["learned 0.0001", "learned 1", "learned 0"]
     # a model without gates: no sliders, a clear message
     from napari_addunet import create_model
 

@@ -207,3 +207,15 @@ def test_new_data_during_a_comparison_shows_no_stale_numbers(viewer_session, add
     assert readout.compare()  # and the new data compare
     qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
     assert readout.quality["psnr"] == float("inf")
+
+
+def test_a_cancelled_comparison_shows_nothing(viewer_session, add_dock, monkeypatch, qtbot):
+    viewer, _ = viewer_session
+    noisy, clean = _pair((64, 64))
+    viewer.add_image(clean, name="clean")
+    viewer.add_image(noisy, name="noisy")
+    readout, _ = _readout_comparing(viewer, add_dock, monkeypatch, "noisy", "clean")
+    assert readout.compare()
+    readout.runner.cancel()  # said "cancelling...", then showed the numbers all the same
+    qtbot.waitUntil(lambda: not readout.runner.running, timeout=20_000)
+    assert readout.quality is None and "cancelled" in readout.status.text()

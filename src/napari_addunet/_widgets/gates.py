@@ -298,11 +298,12 @@ class GatesWidget(DockWidget):
             slider.setDecimals(3)
             slider.setSingleStep(0.01)
             slider.setValue(value)
-            slider.setToolTip(f"learned {alpha:.3f}; 0 removes this level's skip")
+            slider.setToolTip(f"learned {alpha:.4g}; 0 removes this level's skip")
             slider.valueChanged.connect(self._on_slider)
             self.gate_grid.addWidget(QLabel(name), j, 0)
             self.gate_grid.addWidget(slider, j, 1)
-            self.gate_grid.addWidget(QLabel(f"learned {alpha:.3f}"), j, 2)
+            # 4 significant digits: a nearly closed gate (1e-4) does not read as a closed one
+            self.gate_grid.addWidget(QLabel(f"learned {alpha:.4g}"), j, 2)
             self.sliders.append(slider)
             self.sweep_gate_combo.addItem(name, j)
         self.model_label.setText(

@@ -256,6 +256,10 @@ class ReadoutWidget(DockWidget):
         def done(outcome: Outcome) -> None:
             for one in watched:
                 one.events.data.disconnect(on_data)
+            cancelled = self.runner.cancel_event is not None and self.runner.cancel_event.is_set()
+            if cancelled and outcome.ok:  # the comparison cannot stop midway: its result is dropped
+                set_status(self.status, "Comparison cancelled; nothing was shown")
+                return
             if changed and outcome.ok:
                 message = (
                     f"The data of {changed[0]!r} changed during the comparison: nothing was shown; "
