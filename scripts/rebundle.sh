@@ -5,18 +5,22 @@
 #   bash scripts/rebundle.sh WEIGHTS.safetensors DATA_FOLDER
 #
 # WEIGHTS: a trained model file (e.g. training/step5/<run>.safetensors); DATA_FOLDER holds
-# bsd68/, set12/ and train400/. About two hours on two CPU cores. Leave the cores to it: the
-# last table step times every row again side by side, and other work on the machine would
-# show in those ratios. The docs that quote numbers in prose (README.md, docs/training.md,
-# docs/scripting.md, the Denoise widget's self-ensemble tooltip) are written by hand after it.
+# bsd68/, set12/ and train400/. About two hours on two CPU cores (three when a classical row
+# is measured again, as BM3D is once after it was set to one thread). Leave the cores to it:
+# a step times every row again side by side, and other work on the machine would show in
+# those ratios; do not run it while a training run writes. The prose that quotes numbers is
+# written by hand after it: README.md, docs/training.md, docs/scripting.md,
+# training/step5/README.md, the Denoise widget's self-ensemble tooltip, and the "decision"
+# text in docs/benchmarks/config-selection.json (then `python benchmarks/summary.py` again).
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
     echo "usage: bash scripts/rebundle.sh WEIGHTS.safetensors DATA_FOLDER" >&2
     exit 2
 fi
-weights=$1
-data=$2
+weights=$(realpath "$1")
+data=$(realpath "$2")
+cd "$(dirname "$0")/.."  # the repository root: the paths below are relative to it
 py=${PYTHON:-.venv/bin/python}
 bundled=src/napari_addunet/weights/addunet-gray-blind.safetensors
 
