@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         timer.daemon = True
         timer.start()
     if resume:
-        start = f"resuming from {state.name}"
+        # the state holds the run's model and settings: only --minutes and --threads act now
+        start = f"resuming from {state.name} with its saved settings (flags other than --minutes and --threads are not used)"
     elif args.init:
         start = f"new run from the weights of {args.init.name}"
     else:
