@@ -153,22 +153,22 @@ class LayerRun(QObject):
         if outcome.ok and (self.input_removed or self.input_replaced or layer not in self.viewer.layers):
             outcome = Outcome("cancelled", seconds=outcome.seconds)
             self.last_outcome = outcome
-        if self.input_replaced and not self.input_removed and layer in self.viewer.layers:
-            message = (
-                f"The data of {getattr(layer, 'name', '?')!r} changed during the run: the run was stopped "
-                "and nothing was added (run it again on the new data)"
+        name = getattr(layer, "name", "?")
+        gone = self.input_removed or (layer is not None and layer not in self.viewer.layers)
+        stopped = None
+        if gone:
+            stopped = (
+                f"The layer {name!r} was removed during the run: the run was stopped and nothing was added"
             )
-            show_info(message)
-            if self.runner.status is not None:
-                set_status(self.runner.status, message)
-        elif self.input_removed or (layer is not None and layer not in self.viewer.layers):
-            message = (
-                f"The layer {getattr(layer, 'name', '?')!r} was removed during the run: the run was "
-                "stopped and nothing was added"
+        elif self.input_replaced:
+            stopped = (
+                f"The data of {name!r} changed during the run: the run was stopped and nothing was "
+                "added (run it again on the new data)"
             )
-            show_info(message)
+        if stopped is not None:
+            show_info(stopped)
             if self.runner.status is not None:
-                set_status(self.runner.status, message)
+                set_status(self.runner.status, stopped)
         elif outcome.ok:
             result = outcome.value
             rec = result.record
